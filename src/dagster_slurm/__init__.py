@@ -1,0 +1,26 @@
+"""dagster-slurm: run Dagster assets unchanged on a laptop or as Slurm jobs on an HPC cluster over SSH."""
+
+from dagster_slurm.compute.launchers import BashLauncher
+from dagster_slurm.compute.resource import ComputeResource
+from dagster_slurm.config import SlurmQueueConfig, SlurmResource, SlurmRunConfig, SSHConnectionResource
+from dagster_slurm.errors import (
+    ConfigurationError,
+    DagsterSlurmError,
+    RemoteCommandError,
+    SlurmJobError,
+    SSHConnectionError,
+)
+
+__all__ = [
+    "BashLauncher",
+    "ComputeResource",
+    "ConfigurationError",
+    "DagsterSlurmError",
+    "RemoteCommandError",
+    "SSHConnectionError",
+    "SSHConnectionResource",
+    "SlurmJobError",
+    "SlurmQueueConfig",
+    "SlurmResource",
+    "SlurmRunConfig",
+]

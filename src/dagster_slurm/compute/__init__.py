@@ -1,0 +1,1 @@
+"""Compute layer: the ComputeResource facade, with a local mode and a Slurm mode."""

@@ -1,0 +1,33 @@
+"""What the compute layer reads off a Dagster execution context."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
+
+def asset_metadata(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> Mapping[str, Any]:
+    """Definition metadata of the asset(s) this step materialises (first asset wins per key)."""
+    if not context.has_assets_def:
+        return {}
+    assets_def = context.assets_def
+    merged: dict[str, Any] = {}
+    for key in reversed(list(context.selected_asset_keys)):
+        spec = assets_def.specs_by_key.get(key)
+        if spec is not None:
+            merged.update({k: _raw(v) for k, v in (spec.metadata or {}).items()})
+    return merged
+
+
+def _raw(value: Any) -> Any:
+    """Metadata values may have been normalised into MetadataValue wrappers."""
+    return getattr(value, "value", value) if isinstance(value, dg.MetadataValue) else value
+
+
+def run_identity(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> tuple[str, str, str, int]:
+    """(run id, step key, partition key or '', retry number) of the current step."""
+    step_key = context.get_step_execution_context().step.key
+    partition = context.partition_key if context.has_partition_key else ""
+    return context.run_id, step_key, partition, context.retry_number

@@ -1,0 +1,188 @@
+"""``ComputeResource``: run a payload locally or as a Slurm job, with one call."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import dagster as dg
+from dagster import PipesClientCompletedInvocation
+from pydantic import Field
+
+from dagster_slurm.compute.context import asset_metadata, run_identity
+from dagster_slurm.compute.launchers import BashLauncher
+from dagster_slurm.compute.local import run_local
+from dagster_slurm.compute.options import resolve_run_options
+from dagster_slurm.config.run import SlurmRunConfig
+from dagster_slurm.config.slurm import DEFAULT_REMOTE_BASE, SlurmResource
+from dagster_slurm.errors import ConfigurationError
+from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
+from dagster_slurm.slurm.script import job_name, queue_directives
+from dagster_slurm.slurm.watcher import watcher_for
+from dagster_slurm.transport import get_transport
+
+RESOURCES_METADATA_KEY = "slurm_resources"
+PRE_DEPLOYED_METADATA_KEY = "slurm_pre_deployed_env_path"
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Run a payload script with Dagster Pipes, on this machine or as a Slurm batch job.
+
+    Example::
+
+        @dg.asset
+        def my_asset(context: dg.AssetExecutionContext, compute: ComputeResource):
+            return compute.run(context=context, payload_path="script.py").get_results()
+
+        defs = dg.Definitions(assets=[my_asset], resources={
+            "compute": ComputeResource(mode="slurm", slurm=SlurmResource.from_env(),
+                                       pre_deployed_env_path="/opt/envs/ml-v1"),
+        })
+    """
+
+    mode: Literal["local", "slurm"] = Field(
+        default="local", description="'local': a subprocess here. 'slurm': a batch job on the cluster."
+    )
+    slurm: SlurmResource | None = Field(default=None, description="The cluster; required in slurm mode.")
+    default_launcher: BashLauncher = Field(
+        default_factory=BashLauncher, description="How payloads are started when run() gets no launcher."
+    )
+    debug_mode: bool = Field(
+        default=False, description="Keep local build artefacts and the remote run folder for inspection."
+    )
+    pre_deployed_env_path: str | None = Field(
+        default=None,
+        description="Environment folder on the cluster holding activate.sh and env/ (pixi-unpack layout). "
+        "When set, no environment is packed.",
+    )
+    default_skip_payload_upload: bool = Field(
+        default=False,
+        description="Do not upload payloads; use {pre_deployed_env_path}/scripts/{filename} on the cluster.",
+    )
+
+    def run(
+        self,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext,
+        payload_path: str | os.PathLike,
+        *,
+        extra_env: Mapping[str, str] | None = None,
+        extras: Mapping[str, Any] | None = None,
+        launcher: BashLauncher | None = None,
+        resource_requirements: Mapping[str, Any] | None = None,
+        config: SlurmRunConfig | None = None,
+        force_env_push: bool | None = None,
+        skip_payload_upload: bool | None = None,
+        remote_payload_path: str | None = None,
+    ) -> PipesClientCompletedInvocation:
+        """Run ``payload_path`` and stream its Pipes messages into ``context``.
+
+        Args:
+            context: The asset or op execution context.
+            payload_path: Local payload script. Relative paths resolve against the working directory.
+            extra_env: Environment variables for the payload (kept out of argv, logs and job scripts).
+            extras: Values the payload reads with ``pipes.get_extra(name)``.
+            launcher: Overrides ``default_launcher``.
+            resource_requirements: Per-call Slurm overrides (partition, cpus, mem, time_limit, gpus_per_node,
+                num_nodes, qos, account, reservation, extra_sbatch_options). They win over the
+                ``slurm_resources`` asset-metadata key, which wins over ``SlurmResource.queue``.
+            config: A ``SlurmRunConfig`` from the launchpad.
+            force_env_push, skip_payload_upload, remote_payload_path: explicit overrides (highest precedence).
+
+        Returns:
+            ``PipesClientCompletedInvocation``; call ``.get_results()``.
+        """
+        launcher = launcher or self.default_launcher
+        metadata = asset_metadata(context)
+        options = resolve_run_options(
+            {"force_env_push": force_env_push, "skip_payload_upload": skip_payload_upload,
+             "remote_payload_path": remote_payload_path},
+            config,
+            metadata,
+            {"skip_payload_upload": self.default_skip_payload_upload},
+        )
+        payload = os.fspath(payload_path)
+        if self.mode == "local":
+            local = self._local_payload(payload)
+            return run_local(context, launcher.command(local, local=True), dict(extra_env or {}), extras)
+
+        slurm = self._slurm()
+        transport = get_transport(slurm.ssh.settings())
+        watcher = watcher_for(transport, slurm.poll_interval_min, slurm.poll_interval_max)
+        base = transport.absolute(slurm.remote_base or DEFAULT_REMOTE_BASE)
+        run_id, step_key, partition, retry = run_identity(context)
+        run_dir = f"{base}/runs/{run_id}/{job_name(step_key, partition)}-r{retry}"
+
+        env_path = metadata.get(PRE_DEPLOYED_METADATA_KEY) or self.pre_deployed_env_path
+        if not env_path:
+            raise ConfigurationError(
+                "Slurm mode needs an environment on the cluster: set ComputeResource.pre_deployed_env_path "
+                f"(or the '{PRE_DEPLOYED_METADATA_KEY}' asset metadata) to a folder holding activate.sh."
+            )
+        env_path = transport.absolute(str(env_path))
+        self._check_env(transport, env_path)
+
+        uploads: list[tuple[str, str]] = []
+        if options.skip_payload_upload:
+            remote_payload = options.remote_payload_path or posixpath.join(
+                env_path, "scripts", os.path.basename(payload)
+            )
+            remote_payload = transport.absolute(remote_payload)
+            if transport.stat_size(remote_payload) is None:
+                raise ConfigurationError(
+                    f"skip_payload_upload is set ({options.sources['skip_payload_upload']}) but there is no "
+                    f"payload at {remote_payload} on the cluster. Deploy it there (dagster-slurm deploy uploads "
+                    "scripts/), set remote_payload_path, or unset skip_payload_upload."
+                )
+        else:
+            local = self._local_payload(payload)
+            remote_payload = f"{run_dir}/{os.path.basename(local)}"
+            uploads.append((local, remote_payload))
+
+        directives = queue_directives(
+            slurm.queue.model_dump(),
+            {**(metadata.get(RESOURCES_METADATA_KEY) or {}), **(resource_requirements or {})},
+        )
+        request = SlurmJobRequest(
+            run_dir=run_dir,
+            job_name=job_name("dagster", step_key, partition),
+            command=launcher.command(remote_payload, local=False),
+            directives=directives,
+            activate=f"{env_path}/activate.sh",
+            env=dict(extra_env or {}),
+            uploads=uploads,
+            keep_run_dir=self.debug_mode,
+            metadata={"slurm_environment": env_path},
+        )
+        client = SlurmPipesClient(transport, watcher, job_timeout=slurm.job_timeout)
+        return client.run(context=context, request=request, extras=extras)
+
+    # -- helpers
+    def _slurm(self) -> SlurmResource:
+        if self.slurm is None:
+            raise ConfigurationError(
+                "ComputeResource(mode='slurm') needs slurm=SlurmResource(...) (e.g. SlurmResource.from_env())."
+            )
+        return self.slurm
+
+    @staticmethod
+    def _local_payload(payload: str) -> str:
+        path = os.path.abspath(payload)
+        if not os.path.isfile(path):
+            raise ConfigurationError(
+                f"payload_path {payload!r} does not exist (looked at {path}). Pass an existing script, "
+                "e.g. str(Path(__file__).parent / 'script.py')."
+            )
+        return path
+
+    @staticmethod
+    def _check_env(transport, env_path: str) -> None:
+        if transport.stat_size(f"{env_path}/activate.sh") is None:
+            exists = transport.stat_size(env_path) is not None
+            raise ConfigurationError(
+                f"pre_deployed_env_path {env_path!r} "
+                + ("has no activate.sh" if exists else "does not exist on the cluster")
+                + ". Point ComputeResource.pre_deployed_env_path (or slurm_pre_deployed_env_path metadata) "
+                "at a folder made by pixi-unpack or `dagster-slurm deploy` (activate.sh + env/)."
+            )

@@ -1,0 +1,57 @@
+"""The Slurm resource: where jobs run and how they are watched."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from pydantic import Field
+
+from dagster_slurm.config.queue import SlurmQueueConfig
+from dagster_slurm.config.ssh import SSHConnectionResource
+
+BASE_PATH_ENV = "SLURM_DEPLOYMENT_BASE_PATH"
+DEFAULT_REMOTE_BASE = "dagster-slurm"  # relative: resolved against the remote home directory
+
+
+class SlurmResource(dg.ConfigurableResource):
+    """A Slurm cluster reached over SSH.
+
+    Example::
+
+        slurm = SlurmResource(
+            ssh=SSHConnectionResource.from_env(),
+            queue=SlurmQueueConfig(partition="batch", time_limit="00:30:00", cpus=4, mem="8G"),
+            remote_base="/scratch/alice/dagster-slurm",
+        )
+    """
+
+    ssh: SSHConnectionResource = Field(description="How to reach the edge node.")
+    queue: SlurmQueueConfig = Field(
+        default_factory=SlurmQueueConfig, description="Default resource request of every job."
+    )
+    remote_base: str | None = Field(
+        default=None,
+        description=f"Root folder on the cluster for runs and environments ({BASE_PATH_ENV}). "
+        "Default: ~/dagster-slurm, expanded on the remote side.",
+    )
+    poll_interval_min: float = Field(
+        default=0.1, description="Seconds between job-state polls right after submit or activity."
+    )
+    poll_interval_max: float = Field(
+        default=10.0, description="Upper bound, in seconds, that polling backs off to while nothing changes."
+    )
+    job_timeout: float | None = Field(
+        default=None,
+        description="Optional bound, in seconds, on waiting for a job (queue time included). "
+        "Default: wait until Slurm ends the job (its time limit bounds it).",
+    )
+
+    @classmethod
+    def from_env(cls, **overrides) -> SlurmResource:
+        """SSH from ``SLURM_EDGE_NODE_*``, ``remote_base`` from ``SLURM_DEPLOYMENT_BASE_PATH``."""
+        kwargs: dict = {"ssh": SSHConnectionResource.from_env()}
+        if os.environ.get(BASE_PATH_ENV):
+            kwargs["remote_base"] = os.environ[BASE_PATH_ENV]
+        kwargs.update(overrides)
+        return cls(**kwargs)

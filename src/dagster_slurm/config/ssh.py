@@ -1,0 +1,160 @@
+"""SSH connection settings: the Dagster resource and the plain settings the transport consumes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from dagster_slurm.errors import ConfigurationError
+
+HostKeyChecking = Literal["strict", "accept-new", "off"]
+
+ENV_PREFIX = "SLURM_EDGE_NODE_"
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    """Resolved, validated connection settings. ``password`` is never printed (see ``__repr__``)."""
+
+    host: str
+    port: int = 22
+    user: str | None = None
+    key_path: str | None = None
+    password: str | None = None
+    jump_host: str | None = None
+    jump_user: str | None = None
+    jump_port: int = 22
+    host_key_checking: HostKeyChecking = "strict"
+    known_hosts_file: str | None = None
+    connect_timeout: float = 15.0
+    command_timeout: float = 120.0
+    keepalive_interval: float = 30.0
+
+    def __repr__(self) -> str:
+        auth = "password" if self.password else ("key " + self.key_path if self.key_path else "agent/default keys")
+        jump = f" via {self.jump_user or self.user}@{self.jump_host}:{self.jump_port}" if self.jump_host else ""
+        return f"SSHSettings({self.user}@{self.host}:{self.port}{jump}, auth={auth}, host keys={self.host_key_checking})"
+
+    __str__ = __repr__
+
+    @property
+    def pool_key(self) -> tuple:
+        """Identity of the connection: settings that share it share one TCP connection per process."""
+        return (self.host, self.port, self.user, self.key_path, self.jump_host, self.jump_user, self.jump_port)
+
+
+class SSHConnectionResource(dg.ConfigurableResource):
+    """How to reach the cluster's edge (login) node over SSH.
+
+    One connection is opened per process and shared by every run in it; commands, uploads and
+    reads travel as channels over it. Host keys are checked against ``known_hosts_file`` by default.
+
+    Example::
+
+        ssh = SSHConnectionResource(host="login.hpc.example.org", user="alice",
+                                    key_path="~/.ssh/id_ed25519")
+        ssh = SSHConnectionResource.from_env()   # reads SLURM_EDGE_NODE_*
+    """
+
+    host: str = Field(description="Hostname or IP of the edge/login node.")
+    port: int = Field(default=22, description="SSH port of the edge node.")
+    user: str | None = Field(
+        default=None, description="Login user. Default: from ~/.ssh/config, else the local user name."
+    )
+    key_path: str | None = Field(
+        default=None,
+        description="Private key file (``~`` is expanded). Mutually exclusive with ``password``. "
+        "With neither set, ssh-agent and the default keys (~/.ssh/id_*) are used.",
+    )
+    password: str | None = Field(
+        default=None,
+        repr=False,
+        description="Password for password authentication. Prefer dg.EnvVar('SLURM_EDGE_NODE_PASSWORD'). "
+        "Mutually exclusive with ``key_path``.",
+    )
+    jump_host: str | None = Field(default=None, description="Optional jump (bastion) host, one hop.")
+    jump_user: str | None = Field(default=None, description="User on the jump host. Default: ``user``.")
+    jump_port: int = Field(default=22, description="SSH port of the jump host.")
+    host_key_checking: HostKeyChecking = Field(
+        default="strict",
+        description="'strict': the host key must be in known_hosts. 'accept-new': trust and record an "
+        "unknown host on first use, refuse a changed key. 'off': no checking (insecure).",
+    )
+    known_hosts_file: str | None = Field(
+        default=None, description="known_hosts file to check against. Default: ~/.ssh/known_hosts."
+    )
+    connect_timeout: float = Field(
+        default=15.0, description="Seconds to wait for the TCP connection and login before failing."
+    )
+    command_timeout: float = Field(
+        default=120.0, description="Default bound, in seconds, for any single remote command."
+    )
+
+    @classmethod
+    def from_env(cls, prefix: str = ENV_PREFIX, **overrides) -> SSHConnectionResource:
+        """Build the resource from ``SLURM_EDGE_NODE_{HOST,PORT,USER,KEY_PATH,PASSWORD}`` and
+        ``SLURM_EDGE_NODE_{JUMP_HOST,JUMP_USER,JUMP_PORT}``. Keyword arguments override them."""
+        env = os.environ
+        host = env.get(prefix + "HOST")
+        if not host and "host" not in overrides:
+            raise ConfigurationError(
+                f"{prefix}HOST is not set: export it to the hostname of the cluster's edge/login node."
+            )
+        key, password = env.get(prefix + "KEY_PATH"), env.get(prefix + "PASSWORD")
+        if key and password:
+            raise ConfigurationError(
+                f"Both {prefix}KEY_PATH and {prefix}PASSWORD are set: unset one of them "
+                "(key authentication is recommended)."
+            )
+        kwargs: dict = {"host": host}
+        for name, var, conv in (
+            ("port", "PORT", int),
+            ("user", "USER", str),
+            ("key_path", "KEY_PATH", str),
+            ("jump_host", "JUMP_HOST", str),
+            ("jump_user", "JUMP_USER", str),
+            ("jump_port", "JUMP_PORT", int),
+        ):
+            raw = env.get(prefix + var)
+            if raw:
+                try:
+                    kwargs[name] = conv(raw)
+                except ValueError:
+                    raise ConfigurationError(f"{prefix}{var}={raw!r} is not a valid {conv.__name__}.") from None
+        if password:
+            kwargs["password"] = dg.EnvVar(prefix + "PASSWORD")
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def settings(self) -> SSHSettings:
+        """Validate and resolve into the plain settings the transport uses."""
+        if self.key_path and self.password:
+            raise ConfigurationError(
+                "SSHConnectionResource: both key_path and password are set "
+                f"({ENV_PREFIX}KEY_PATH and {ENV_PREFIX}PASSWORD); set only one of them."
+            )
+        key_path = os.path.expanduser(self.key_path) if self.key_path else None
+        if key_path and not os.path.isfile(key_path):
+            raise ConfigurationError(
+                f"SSHConnectionResource.key_path: no private key file at {key_path!r} "
+                f"({ENV_PREFIX}KEY_PATH). Point it at an existing key."
+            )
+        known_hosts = os.path.expanduser(self.known_hosts_file or "~/.ssh/known_hosts")
+        return SSHSettings(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            key_path=key_path,
+            password=self.password,
+            jump_host=self.jump_host,
+            jump_user=self.jump_user,
+            jump_port=self.jump_port,
+            host_key_checking=self.host_key_checking,
+            known_hosts_file=known_hosts,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+        )

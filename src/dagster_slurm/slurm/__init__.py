@@ -1,0 +1,1 @@
+"""Slurm layer: pure job-script rendering, output parsing, and one batched job watcher per process."""

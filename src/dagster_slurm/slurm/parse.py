@@ -1,0 +1,151 @@
+"""Parse sbatch, squeue and sacct output. Pure functions, tested against recorded real output."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dagster_slurm.errors import DagsterSlurmError
+
+TERMINAL_STATES = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+     "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
+)
+
+SQUEUE_FORMAT = "%i|%T|%r"
+SACCT_FIELDS = "JobID,State,ExitCode,Elapsed,ElapsedRaw,TotalCPU,MaxRSS,NCPUS,NNodes,Partition,NodeList"
+
+
+def parse_sbatch_job_id(stdout: str) -> str:
+    """``sbatch --parsable`` prints ``jobid`` or ``jobid;cluster``."""
+    text = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    job_id = text.split(";")[0].strip()
+    if not job_id.isdigit():
+        raise DagsterSlurmError(f"sbatch --parsable printed no job id: {stdout!r}")
+    return job_id
+
+
+def normalise_state(raw: str) -> str:
+    """``CANCELLED by 1000`` -> ``CANCELLED``; ``COMPLETED+`` -> ``COMPLETED``."""
+    return raw.split()[0].rstrip("+") if raw.strip() else "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    job_id: str
+    state: str
+    reason: str
+
+
+def parse_squeue(stdout: str) -> dict[str, QueueEntry]:
+    """Lines of ``squeue -h -t all -o '%i|%T|%r'``."""
+    out: dict[str, QueueEntry] = {}
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 2 and parts[0]:
+            out[parts[0]] = QueueEntry(parts[0], normalise_state(parts[1]), parts[2] if len(parts) > 2 else "")
+    return out
+
+
+@dataclass(frozen=True)
+class JobAccounting:
+    """Final state and usage of one job, from sacct (job line and its steps)."""
+
+    job_id: str
+    state: str
+    exit_code: str  # "code:signal"
+    elapsed: str = ""
+    elapsed_seconds: int = 0
+    total_cpu_seconds: float = 0.0
+    max_rss_bytes: int | None = None
+    ncpus: int = 0
+    nnodes: int = 0
+    partition: str = ""
+    nodelist: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def node_hours(self) -> float:
+        return self.elapsed_seconds * max(self.nnodes, 1) / 3600.0
+
+    @property
+    def cpu_efficiency(self) -> float | None:
+        cpu_time = self.elapsed_seconds * self.ncpus
+        return min(self.total_cpu_seconds / cpu_time, 1.0) if cpu_time > 0 else None
+
+    def metadata(self) -> dict[str, object]:
+        meta: dict[str, object] = {
+            "slurm_job_id": self.job_id,
+            "slurm_state": self.state,
+            "slurm_exit_code": self.exit_code,
+            "slurm_elapsed": self.elapsed,
+            "slurm_elapsed_seconds": self.elapsed_seconds,
+            "slurm_node_hours": round(self.node_hours, 6),
+            "slurm_cpus": self.ncpus,
+            "slurm_partition": self.partition,
+            "slurm_nodes": self.nodelist,
+        }
+        if self.cpu_efficiency is not None:
+            meta["slurm_cpu_efficiency"] = round(self.cpu_efficiency, 4)
+        if self.max_rss_bytes is not None:
+            meta["slurm_max_rss_bytes"] = self.max_rss_bytes
+            meta["slurm_max_rss_mb"] = round(self.max_rss_bytes / 2**20, 2)
+        return meta
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
+
+
+def parse_size(text: str) -> int | None:
+    """sacct sizes: ``1234K``, ``3.5M``, ``0``; empty -> None."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGTP]?)\s*", text or "")
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+
+
+def parse_duration(text: str) -> float:
+    """sacct durations: ``[D-]HH:MM:SS[.mmm]``, ``MM:SS.mmm``, ``SS.mmm``."""
+    text = (text or "").strip()
+    if not text or text in ("INVALID", "UNLIMITED"):
+        return 0.0
+    days = 0
+    if "-" in text:
+        d, text = text.split("-", 1)
+        days = int(d)
+    seconds = 0.0
+    for part in text.split(":"):
+        seconds = seconds * 60 + float(part)
+    return days * 86400 + seconds
+
+
+def parse_sacct(stdout: str) -> dict[str, JobAccounting]:
+    """``sacct -P -n -o <SACCT_FIELDS>`` (job lines and step lines) -> one record per job."""
+    names = SACCT_FIELDS.split(",")
+    rows = [dict(zip(names, line.split("|"))) for line in stdout.splitlines() if line.count("|") == len(names) - 1]
+    jobs: dict[str, JobAccounting] = {}
+    max_rss: dict[str, int] = {}
+    for row in rows:
+        job_id, _, step = row["JobID"].partition(".")
+        rss = parse_size(row["MaxRSS"])
+        if rss is not None:
+            max_rss[job_id] = max(max_rss.get(job_id, 0), rss)
+        if step:
+            continue
+        jobs[job_id] = JobAccounting(
+            job_id=job_id,
+            state=normalise_state(row["State"]),
+            exit_code=row["ExitCode"],
+            elapsed=row["Elapsed"],
+            elapsed_seconds=int(row["ElapsedRaw"] or 0),
+            total_cpu_seconds=parse_duration(row["TotalCPU"]),
+            ncpus=int(row["NCPUS"] or 0),
+            nnodes=int(row["NNodes"] or 0),
+            partition=row["Partition"],
+            nodelist=row["NodeList"],
+        )
+    return {
+        job_id: JobAccounting(**{**acct.__dict__, "max_rss_bytes": max_rss.get(job_id)})
+        for job_id, acct in jobs.items()
+    }

@@ -1,0 +1,165 @@
+"""One watcher per transport (so per process and cluster) polls all its jobs in one squeue call per tick.
+
+Polling backs off from ``min_interval`` to ``max_interval`` while nothing changes and snaps back on
+any change or ``poke()`` (e.g. the payload's exit file appeared). Jobs that leave the queue or reach
+a terminal state are finalised with one sacct call for all of them, which also yields their metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+
+from dagster_slurm.errors import DagsterSlurmError
+from dagster_slurm.slurm.parse import (
+    SACCT_FIELDS,
+    SQUEUE_FORMAT,
+    TERMINAL_STATES,
+    JobAccounting,
+    parse_sacct,
+    parse_squeue,
+)
+from dagster_slurm.transport.base import Transport
+
+log = logging.getLogger("dagster_slurm.slurm")
+
+# How many ticks a job may be terminal/absent in squeue but missing from sacct (accounting lag)
+# before we settle for squeue's word.
+_SACCT_LAG_TICKS = 25
+_MAX_FAILED_TICKS = 30
+
+
+@dataclass
+class JobHandle:
+    job_id: str
+    state: str = "PENDING"
+    reason: str = ""
+    final: JobAccounting | None = None
+    error: Exception | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    _lag_ticks: int = 0
+
+    def wait(self, timeout: float | None) -> bool:
+        return self.done.wait(timeout)
+
+
+class JobWatcher:
+    def __init__(self, transport: Transport, min_interval: float = 0.1, max_interval: float = 10.0):
+        self._transport = transport
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self._jobs: dict[str, JobHandle] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0
+
+    def watch(self, job_id: str) -> JobHandle:
+        with self._lock:
+            handle = self._jobs.get(job_id)
+            if handle is None:
+                handle = self._jobs[job_id] = JobHandle(job_id)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="dagster-slurm-watcher", daemon=True)
+                self._thread.start()
+        self.poke()
+        return handle
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
+    def poke(self) -> None:
+        """Poll now and return to the fastest cadence."""
+        self._wake.set()
+
+    def _active(self) -> list[JobHandle]:
+        with self._lock:
+            return [h for h in self._jobs.values() if not h.done.is_set()]
+
+    def _loop(self) -> None:
+        interval = self.min_interval
+        failures = 0
+        while True:
+            active = self._active()
+            if not active:
+                with self._lock:
+                    if not [h for h in self._jobs.values() if not h.done.is_set()]:
+                        self._thread = None
+                        return
+                continue
+            try:
+                changed = self.tick(active)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a failing poll is retried, then reported
+                failures += 1
+                changed = False
+                log.warning("job status poll failed (%d/%d): %s", failures, _MAX_FAILED_TICKS, exc)
+                if failures >= _MAX_FAILED_TICKS:
+                    for h in active:
+                        h.error = exc
+                        h.done.set()
+            interval = self.min_interval if changed else min(interval * 1.5, self.max_interval)
+            if self._wake.wait(interval):
+                self._wake.clear()
+                interval = self.min_interval
+
+    def tick(self, active: list[JobHandle]) -> bool:
+        """One poll of all active jobs. Returns whether anything changed."""
+        self.ticks += 1
+        ids = ",".join(h.job_id for h in active)
+        result = self._transport.run(
+            f"squeue -h -t all -o '{SQUEUE_FORMAT}' -j {ids}", check=False, retry=True, timeout=30
+        )
+        if result.exit_status != 0 and "Invalid job id" not in result.stderr:
+            raise DagsterSlurmError(f"squeue failed ({result.exit_status}): {result.stderr.strip()}")
+        queue = parse_squeue(result.stdout)
+        changed = False
+        finishing: list[JobHandle] = []
+        for h in active:
+            entry = queue.get(h.job_id)
+            if entry is not None and (entry.state, entry.reason) != (h.state, h.reason):
+                h.state, h.reason, changed = entry.state, entry.reason, True
+            if entry is None or entry.state in TERMINAL_STATES:
+                finishing.append(h)
+        if finishing:
+            changed |= self._finalise(finishing)
+        return changed
+
+    def _finalise(self, handles: list[JobHandle]) -> bool:
+        ids = ",".join(h.job_id for h in handles)
+        result = self._transport.run(
+            f"sacct -P -n -o {SACCT_FIELDS} -j {ids}", check=False, retry=True, timeout=30
+        )
+        accounting = parse_sacct(result.stdout) if result.exit_status == 0 else {}
+        changed = False
+        for h in handles:
+            acct = accounting.get(h.job_id)
+            if acct is not None and acct.terminal:
+                h.final, h.state = acct, acct.state
+            else:
+                h._lag_ticks += 1
+                if h._lag_ticks < _SACCT_LAG_TICKS:
+                    continue
+                log.warning("sacct has no final record of job %s; using squeue's state %s", h.job_id, h.state)
+                h.final = JobAccounting(h.job_id, h.state if h.state in TERMINAL_STATES else "UNKNOWN", "")
+            h.done.set()
+            changed = True
+        return changed
+
+
+_watchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_watchers_lock = threading.Lock()
+
+
+def watcher_for(transport: Transport, min_interval: float = 0.1, max_interval: float = 10.0) -> JobWatcher:
+    """The single watcher of ``transport`` (one per process and cluster)."""
+    with _watchers_lock:
+        watcher = _watchers.get(transport)
+        if watcher is None:
+            watcher = _watchers[transport] = JobWatcher(transport, min_interval, max_interval)
+        watcher.min_interval, watcher.max_interval = min_interval, max_interval
+        return watcher

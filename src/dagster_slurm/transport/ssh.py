@@ -1,0 +1,366 @@
+"""SSH transport over asyncssh: one connection per process and settings, many channels over it.
+
+Commands run in pooled long-lived remote shells (``shell.py``); files move over one SFTP session.
+Every call is logged at DEBUG on the ``dagster_slurm.transport`` logger and counted in ``stats``.
+A dropped connection is reopened on the next call; calls marked ``retry`` are replayed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncssh
+
+from dagster_slurm.config.ssh import SSHSettings
+from dagster_slurm.errors import (
+    ConfigurationError,
+    RemoteCommandError,
+    RemoteFileError,
+    SSHConnectionError,
+)
+from dagster_slurm.transport.base import CommandResult, ProgressCallback, TransportStats
+from dagster_slurm.transport.loop import run_sync
+from dagster_slurm.transport.shell import RemoteShell, ShellBroken
+
+log = logging.getLogger("dagster_slurm.transport")
+T = TypeVar("T")
+
+_LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError, BrokenPipeError,
+         ConnectionResetError, ShellBroken)
+
+
+def _known_hosts(settings: SSHSettings):
+    path = settings.known_hosts_file
+    if settings.host_key_checking == "off":
+        return None
+    if path and os.path.exists(path):
+        return asyncssh.read_known_hosts(path)
+    return asyncssh.import_known_hosts("")
+
+
+def _client_factory(settings: SSHSettings, known, on_lost: Callable[[], None]):
+    class _Client(asyncssh.SSHClient):
+        def validate_host_public_key(self, host, addr, port, key) -> bool:
+            # Only reached for keys known_hosts does not trust. accept-new trusts an unknown host once
+            # and records it; a host with a different recorded key is refused (possible MITM).
+            if settings.host_key_checking != "accept-new" or known.match(host, addr, port)[0]:
+                return False
+            name = host if port == 22 else f"[{host}]:{port}"
+            line = f"{name} {key.export_public_key().decode().split()[0]} " + \
+                key.export_public_key().decode().split()[1]
+            path = settings.known_hosts_file or os.path.expanduser("~/.ssh/known_hosts")
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "a") as fh:
+                fh.write(line + "\n")
+            log.warning("accept-new: recorded the host key of %s in %s", name, path)
+            return True
+
+        def connection_lost(self, exc) -> None:
+            on_lost()
+
+    return _Client
+
+
+class SSHTransport:
+    """The SSH implementation of :class:`~dagster_slurm.transport.base.Transport`."""
+
+    def __init__(self, settings: SSHSettings):
+        self.settings = settings
+        self.stats = TransportStats()
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._jump: asyncssh.SSHClientConnection | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._shells: list[RemoteShell] = []
+        self._connect_lock: asyncio.Lock | None = None
+        self._home: str | None = None
+        self._stats_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- connection
+    def _count(self, **kw: int) -> None:
+        with self._stats_lock:
+            for name, n in kw.items():
+                setattr(self.stats, name, getattr(self.stats, name) + n)
+
+    def _mark_lost(self) -> None:
+        self._conn, self._sftp, self._shells = None, None, []
+
+    def _describe(self) -> str:
+        s = self.settings
+        return f"{s.user + '@' if s.user else ''}{s.host}:{s.port}"
+
+    async def _open(self, host: str, port: int, user: str | None, tunnel=None) -> asyncssh.SSHClientConnection:
+        s = self.settings
+        known = _known_hosts(s)
+        kwargs: dict = {
+            "port": port,
+            "known_hosts": known,
+            "connect_timeout": s.connect_timeout,
+            "login_timeout": s.connect_timeout,
+            "keepalive_interval": s.keepalive_interval,
+            "keepalive_count_max": 3,
+            "client_factory": _client_factory(s, known, self._mark_lost if tunnel is not None or not s.jump_host
+                                              else lambda: None),
+            "kbdint_auth": bool(s.password),  # never wait on an interactive prompt we cannot answer
+        }
+        if user:
+            kwargs["username"] = user
+        if tunnel is not None:
+            kwargs["tunnel"] = tunnel
+        if s.key_path:
+            kwargs.update(client_keys=[s.key_path], agent_path=None, password_auth=False)
+        elif s.password:
+            kwargs.update(password=s.password, client_keys=None, agent_path=None)
+        try:
+            return await asyncio.wait_for(asyncssh.connect(host, **kwargs), s.connect_timeout + 5)
+        except asyncssh.HostKeyNotVerifiable:
+            raise SSHConnectionError(self._host_key_message(host, port, known)) from None
+        except asyncssh.PermissionDenied:
+            method = "key " + s.key_path if s.key_path else ("password" if s.password else "ssh-agent/default keys")
+            raise SSHConnectionError(
+                f"SSH authentication failed for {user or '<default user>'}@{host}:{port} using {method}. "
+                "Check SLURM_EDGE_NODE_USER and SLURM_EDGE_NODE_KEY_PATH / SLURM_EDGE_NODE_PASSWORD "
+                "(SSHConnectionResource.user, key_path, password): the server refused them."
+            ) from None
+        except (asyncio.TimeoutError, TimeoutError):
+            raise SSHConnectionError(
+                f"Could not reach {host}:{port} within {s.connect_timeout:g} s "
+                "(SSHConnectionResource.connect_timeout). Check SLURM_EDGE_NODE_HOST/PORT, VPN and firewall."
+            ) from None
+        except OSError as exc:
+            raise SSHConnectionError(
+                f"Could not connect to {host}:{port}: {exc.strerror or exc}. "
+                "Check SLURM_EDGE_NODE_HOST and SLURM_EDGE_NODE_PORT (SSHConnectionResource.host/port)."
+            ) from None
+        except asyncssh.Error as exc:
+            raise SSHConnectionError(f"SSH connection to {host}:{port} failed: {exc.reason}") from None
+
+    def _host_key_message(self, host: str, port: int, known) -> str:
+        s = self.settings
+        path = s.known_hosts_file
+        name = host if port == 22 else f"[{host}]:{port}"
+        if known is not None and known.match(host, "", port)[0]:
+            return (
+                f"The host key of {name} does not match the one recorded in {path}: it CHANGED. "
+                "This may be an attack. If the change is expected, remove the old entry with "
+                f"`ssh-keygen -R '{name}' -f {path}` and connect again (SSHConnectionResource.known_hosts_file)."
+            )
+        return (
+            f"The host key of {name} is not in {path} and host_key_checking='{s.host_key_checking}'. "
+            f"Verify and add it (`ssh-keyscan -p {port} {host} >> {path}`), point "
+            "SSHConnectionResource.known_hosts_file at a file that has it, or set "
+            "host_key_checking='accept-new' to trust it on first use."
+        )
+
+    async def _connection(self) -> asyncssh.SSHClientConnection:
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return self._conn
+            s = self.settings
+            tunnel = None
+            if s.jump_host:
+                if self._jump is None or self._jump.is_closed():
+                    self._jump = await self._open(s.jump_host, s.jump_port, s.jump_user or s.user)
+                tunnel = self._jump
+            started = time.monotonic()
+            self._conn = await self._open(s.host, s.port, s.user, tunnel)
+            self._sftp, self._shells = None, []
+            self._count(connections=1)
+            log.debug("connected to %s in %.3f s", self._describe(), time.monotonic() - started)
+            return self._conn
+
+    async def _with_retry(self, op: Callable[[], Awaitable[T]], retry: bool) -> T:
+        try:
+            return await op()
+        except _LOST:
+            self._mark_lost()
+            if not retry:
+                raise
+            log.warning("SSH connection to %s lost; reconnecting", self._describe())
+            return await op()
+
+    # ----------------------------------------------------------------- commands
+    async def _acquire_shell(self) -> RemoteShell:
+        conn = await self._connection()
+        while self._shells:
+            shell = self._shells.pop()
+            if not shell.broken:
+                return shell
+        shell = await RemoteShell.open(conn)
+        self._count(channels=1)
+        return shell
+
+    async def _arun(self, command: str, timeout: float) -> tuple[int | None, str, str]:
+        shell = await self._acquire_shell()
+        try:
+            result = await shell.run(command, timeout)
+        except ShellBroken:
+            if self._conn is not None and not self._conn.is_closed():
+                return None, "", f"no answer within {timeout:g} s"  # the shell hung: a timeout
+            raise
+        self._shells.append(shell)
+        return result
+
+    def run(self, command: str, *, timeout: float | None = None, check: bool = True,
+            retry: bool = False) -> CommandResult:
+        """Run ``command`` with ``sh`` on the edge node. ``retry`` replays it once after a dropped
+        connection (only for idempotent commands). Raises ``RemoteCommandError`` on non-zero exit."""
+        timeout = timeout or self.settings.command_timeout
+        started = time.monotonic()
+        self._count(commands=1)
+        with self._stats_lock:
+            self.stats.command_log.append(command)
+        try:
+            status, out, err = run_sync(
+                self._with_retry(lambda: self._arun(command, timeout), retry),
+                timeout * 2 + self.settings.connect_timeout * 2 + 10,
+            )
+        except _LOST as exc:
+            raise SSHConnectionError(f"SSH connection to {self._describe()} lost while running: {command} ({exc})")
+        log.debug("ran (%.3f s, status %s): %s", time.monotonic() - started, status, command)
+        if check and status != 0:
+            raise RemoteCommandError(command, status, err)
+        return CommandResult(command, -1 if status is None else status, out, err)
+
+    # ----------------------------------------------------------------- files (SFTP)
+    async def _sftp_client(self) -> asyncssh.SFTPClient:
+        conn = await self._connection()
+        if self._sftp is None:
+            self._sftp = await conn.start_sftp_client()
+            self._count(channels=1)
+        return self._sftp
+
+    def _file_op(self, what: str, path: str, op: Callable[[asyncssh.SFTPClient], Awaitable[T]],
+                 timeout: float | None = None) -> T:
+        async def call() -> T:
+            return await op(await self._sftp_client())
+
+        self._count(sftp_ops=1)
+        try:
+            return run_sync(self._with_retry(call, True), timeout or self.settings.command_timeout)
+        except asyncssh.SFTPError as exc:
+            raise RemoteFileError(f"{what} {path!r} on {self._describe()} failed: {exc.reason}") from None
+        except TimeoutError:
+            raise RemoteFileError(f"{what} {path!r} on {self._describe()} got no answer in time") from None
+        except _LOST as exc:
+            raise SSHConnectionError(f"SSH connection to {self._describe()} lost during {what} {path!r}: {exc}")
+
+    def home(self) -> str:
+        """Absolute path of the remote home directory (asked once per transport)."""
+        if self._home is None:
+            self._home = self._file_op("resolve", ".", lambda sftp: sftp.realpath("."))
+        return self._home
+
+    def absolute(self, path: str) -> str:
+        """Resolve ``~``-prefixed or relative paths against the remote home, without a round trip after the first."""
+        if path.startswith("~/") or path == "~":
+            path = path[2:]
+        return path if path.startswith("/") else f"{self.home().rstrip('/')}/{path}".rstrip("/")
+
+    def mkdir_p(self, path: str) -> None:
+        self._file_op("mkdir", path, lambda sftp: sftp.makedirs(path, exist_ok=True))
+
+    def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+        async def op(sftp: asyncssh.SFTPClient) -> None:
+            attrs = asyncssh.SFTPAttrs(permissions=mode)
+            async with sftp.open(path, "wb", attrs) as fh:
+                await fh.write(data)
+            await sftp.chmod(path, mode)
+
+        self._file_op("write", path, op)
+        self._count(bytes_uploaded=len(data))
+
+    def put_file(self, local: str, remote: str, *, progress: ProgressCallback | None = None) -> None:
+        size = os.path.getsize(local)
+
+        def handler(_src, _dst, done: int, total: int) -> None:
+            if progress:
+                progress(done, total)
+
+        self._file_op("upload to", remote,
+                      lambda sftp: sftp.put(local, remote, progress_handler=handler, preserve=True),
+                      timeout=max(self.settings.command_timeout, size / 1e6))  # >= 1 MB/s
+        self._count(bytes_uploaded=size)
+
+    def read_from(self, path: str, offset: int = 0, size: int = 1 << 20) -> bytes | None:
+        async def op(sftp: asyncssh.SFTPClient) -> bytes | None:
+            try:
+                async with sftp.open(path, "rb") as fh:
+                    return await fh.read(size, offset)
+            except asyncssh.SFTPNoSuchFile:
+                return None
+
+        return self._file_op("read", path, op)
+
+    def read_many(self, requests: list[tuple[str, int]], size: int = 1 << 20) -> list[bytes | None]:
+        """Read several files from given offsets concurrently, in one round trip's time."""
+        async def one(sftp: asyncssh.SFTPClient, path: str, offset: int) -> bytes | None:
+            try:
+                async with sftp.open(path, "rb") as fh:
+                    return await fh.read(size, offset)
+            except asyncssh.SFTPNoSuchFile:
+                return None
+
+        async def op(sftp: asyncssh.SFTPClient) -> list[bytes | None]:
+            return list(await asyncio.gather(*(one(sftp, p, o) for p, o in requests)))
+
+        return self._file_op("read", ", ".join(p for p, _ in requests), op)
+
+    def stat_size(self, path: str) -> int | None:
+        async def op(sftp: asyncssh.SFTPClient) -> int | None:
+            try:
+                return (await sftp.stat(path)).size
+            except asyncssh.SFTPNoSuchFile:
+                return None
+
+        return self._file_op("stat", path, op)
+
+    def rename(self, src: str, dst: str) -> None:
+        self._file_op("rename", src, lambda sftp: sftp.posix_rename(src, dst))
+
+    def remove(self, path: str) -> None:
+        self.run(f"rm -rf -- {shlex.quote(path)}", retry=True)
+
+    def close(self) -> None:
+        async def op() -> None:
+            for shell in self._shells:
+                shell.close()
+            for conn in (self._conn, self._jump):
+                if conn is not None:
+                    conn.close()
+            self._mark_lost()
+
+        try:
+            run_sync(op(), 5)
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+
+
+_pool_lock = threading.Lock()
+_pool: dict[tuple, SSHTransport] = {}
+
+
+def get_transport(settings: SSHSettings) -> SSHTransport:
+    """The process-wide transport for these settings: one SSH connection per process."""
+    if settings.key_path and settings.password:
+        raise ConfigurationError("SSH settings: key_path and password are both set; set only one.")
+    with _pool_lock:
+        transport = _pool.get(settings.pool_key)
+        if transport is None or transport.settings != settings:
+            transport = _pool[settings.pool_key] = SSHTransport(settings)
+        return transport
+
+
+def close_all_transports() -> None:
+    with _pool_lock:
+        for transport in _pool.values():
+            transport.close()
+        _pool.clear()
