@@ -1,0 +1,676 @@
+#!/usr/bin/env bash
+# testcluster.sh - a real single-node Slurm cluster plus an OpenSSH server on loopback.
+#
+# For integration tests of dagster-slurm on a Debian 12 machine where we are root and
+# PID 1 is not systemd (so every daemon is started by hand, in order):
+#
+#   munged -> mariadbd -> slurmdbd -> slurmctld -> slurmd -> sshd
+#
+# Usage: scripts/testcluster.sh install|start|stop|status|env|restart
+#
+#   install  apt-install the packages (if missing) and write users, keys and configs
+#   start    install if needed, then start every daemon that is not running (idempotent)
+#   stop     cancel all jobs, then stop the daemons by pid file (idempotent)
+#   status   exit 0 only if every daemon answers
+#   env      print `export` lines to connect to the cluster (eval "$(testcluster.sh env)")
+#   restart  stop + start
+#
+# Environment:
+#   TESTCLUSTER_DIR       private state dir (default /var/lib/dagster-slurm-testcluster)
+#   TESTCLUSTER_SSH_PORT  sshd port on 127.0.0.1 (default 2222)
+#   TESTCLUSTER_CGROUP    auto|yes|no: use cgroup plugins (auto: try, fall back if slurmd refuses)
+#   TESTCLUSTER_TIMEOUT   seconds to wait for each daemon (default 60)
+#   SLURM_DEPLOYMENT_BASE_PATH  value printed by `env` (default /home/slurmuser/dagster-slurm)
+#
+# Our own state (sshd config + host key, test user's key pair and password, known_hosts,
+# env file) lives in $TESTCLUSTER_DIR; Slurm config goes to /etc/slurm as Debian expects.
+# /var/spool/slurmctld is never wiped (job ids would restart at 1 while the DB keeps old ones).
+set -euo pipefail
+
+# ----------------------------------------------------------------------------- settings
+TESTCLUSTER_DIR="${TESTCLUSTER_DIR:-/var/lib/dagster-slurm-testcluster}"
+SSH_PORT="${TESTCLUSTER_SSH_PORT:-2222}"
+CGROUP_WANTED="${TESTCLUSTER_CGROUP:-auto}"
+WAIT_TIMEOUT="${TESTCLUSTER_TIMEOUT:-60}"
+DEPLOYMENT_BASE_PATH="${SLURM_DEPLOYMENT_BASE_PATH:-/home/slurmuser/dagster-slurm}"
+
+SSH_HOST=127.0.0.1
+TEST_USER=slurmuser
+TEST_HOME=/home/$TEST_USER
+SLURM_ACCOUNT=dagster
+CLUSTER_NAME=testcluster
+NODE_NAME="$(hostname -s)"
+
+PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server)
+
+SLURM_ETC=/etc/slurm
+SLURM_LOG_DIR=/var/log/slurm
+SLURMCTLD_PID=/run/slurmctld.pid
+SLURMD_PID=/run/slurmd.pid
+SLURMDBD_PID=/run/slurmdbd.pid
+MUNGE_PID=/run/munge/munged.pid
+MUNGE_LOG=/var/log/munge/munged.log
+MYSQL_RUN=/run/mysqld
+MYSQL_PID=$MYSQL_RUN/mysqld.pid
+MYSQL_SOCK=$MYSQL_RUN/mysqld.sock
+MYSQL_LOG=/var/log/mysql/error.log
+
+# Files in the private dir.
+SSHD_CONFIG=$TESTCLUSTER_DIR/sshd_config
+SSHD_HOSTKEY=$TESTCLUSTER_DIR/ssh_host_ed25519_key
+SSHD_PID=$TESTCLUSTER_DIR/sshd.pid
+SSHD_LOG=$TESTCLUSTER_DIR/sshd.log
+USER_KEY=$TESTCLUSTER_DIR/id_ed25519
+PASSWORD_FILE=$TESTCLUSTER_DIR/password
+DB_PASSWORD_FILE=$TESTCLUSTER_DIR/db_password
+KNOWN_HOSTS=$TESTCLUSTER_DIR/known_hosts
+ENV_FILE=$TESTCLUSTER_DIR/env.sh
+CGROUP_MODE_FILE=$TESTCLUSTER_DIR/cgroup_mode
+LOCK_FILE=$TESTCLUSTER_DIR/lock
+
+# Set by write_configs when a config file's content changed (daemon must be restarted).
+SLURM_CONF_CHANGED=0
+SLURMDBD_CONF_CHANGED=0
+SSHD_CONF_CHANGED=0
+
+# ----------------------------------------------------------------------------- helpers
+log() { printf 'testcluster: %s\n' "$*" >&2; }
+die() { printf 'testcluster: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Take an exclusive lock so concurrent invocations (e.g. parallel test workers) serialise.
+# Daemons are launched with fd 9 closed so they never hold it.
+LOCKED=0
+take_lock() {
+    ((LOCKED)) && return 0
+    LOCKED=1
+    mkdir -p "$TESTCLUSTER_DIR"
+    exec 9>"$LOCK_FILE"
+    flock -w 600 9 || die "could not lock $LOCK_FILE"
+}
+
+# pid_alive PIDFILE COMM: true if the pid file names a live (non-zombie) process called COMM.
+# kill -0 is not enough: PID 1 reaps orphans only every 1-2 s, and pids can be reused.
+pid_alive() {
+    local pidfile=$1 comm=$2 pid state
+    pid=$( { tr -dc '0-9' <"$pidfile"; } 2>/dev/null) || return 1
+    [[ -n $pid && -d /proc/$pid ]] || return 1
+    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]] || return 1
+    state=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z && $state != X ]]
+}
+
+# wait_for NAME LOGFILE PIDFILE COMM CMD...: poll CMD until it succeeds; fail (naming the
+# daemon, with the tail of its log) after WAIT_TIMEOUT, or early once the daemon has died.
+wait_for() {
+    local name=$1 logfile=$2 pidfile=$3 comm=$4; shift 4
+    local t0=$SECONDS why=""
+    while ! "$@" >/dev/null 2>&1; do
+        if ((SECONDS - t0 >= WAIT_TIMEOUT)); then
+            why="did not come up within ${WAIT_TIMEOUT}s"
+        elif ((SECONDS - t0 >= 3)) && ! pid_alive "$pidfile" "$comm"; then
+            why="is not running (exited during startup?)"
+        fi
+        if [[ -n $why ]]; then
+            log "$name $why; last lines of $logfile:"
+            tail -n 15 "$logfile" >&2 2>/dev/null || true
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+# stop_pidfile NAME PIDFILE COMM: TERM the process, wait (bounded), KILL if needed.
+stop_pidfile() {
+    local name=$1 pidfile=$2 comm=$3 pid i
+    if ! pid_alive "$pidfile" "$comm"; then
+        rm -f "$pidfile"
+        return 0
+    fi
+    pid=$( { tr -dc '0-9' <"$pidfile"; } 2>/dev/null) || return 0
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do          # up to 30 s
+        pid_alive "$pidfile" "$comm" || { rm -f "$pidfile"; return 0; }
+        sleep 0.2
+    done
+    log "$name did not exit after TERM; sending KILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+    rm -f "$pidfile"
+}
+
+# launch NAME OUTFILE CMD...: run a self-daemonizing CMD in its own session, its stdio away
+# from our caller's pipes (and fd 9, the lock, closed); it returns once the daemon has forked.
+launch() {
+    local name=$1 outfile=$2; shift 2
+    if ! setsid "$@" </dev/null >>"$outfile" 2>&1 9>&-; then
+        log "$name failed to start; last lines of $outfile:"
+        tail -n 15 "$outfile" >&2 || true
+        exit 1
+    fi
+}
+
+# write_if_changed FILE MODE OWNER: write stdin to FILE; return 0 if its content changed.
+write_if_changed() {
+    local file=$1 mode=$2 owner=$3 tmp
+    tmp=$(mktemp "$file.XXXXXX")
+    cat >"$tmp"
+    chmod "$mode" "$tmp"
+    chown "$owner" "$tmp"
+    if [[ -f $file ]] && cmp -s "$tmp" "$file"; then
+        rm -f "$tmp"
+        chmod "$mode" "$file"; chown "$owner" "$file"
+        return 1
+    fi
+    mv -f "$tmp" "$file"
+    return 0
+}
+
+random_secret() { head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24; }
+
+# ----------------------------------------------------------------------------- install
+packages_missing() {
+    local p status
+    for p in "${PACKAGES[@]}"; do
+        status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+        [[ $status == "install ok installed" ]] || return 0
+    done
+    return 1
+}
+
+install_packages() {
+    packages_missing || return 0
+    log "installing packages: ${PACKAGES[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    local apt=(apt-get install -y -q --no-install-recommends "${PACKAGES[@]}")
+    if ! "${apt[@]}" >/tmp/testcluster-apt.log 2>&1 9>&-; then
+        log "apt-get install failed; running apt-get update and retrying"
+        apt-get update -q >>/tmp/testcluster-apt.log 2>&1 9>&- || { tail -n 20 /tmp/testcluster-apt.log >&2; die "apt-get update failed"; }
+        "${apt[@]}" >>/tmp/testcluster-apt.log 2>&1 9>&- || { tail -n 20 /tmp/testcluster-apt.log >&2; die "apt-get install failed (log: /tmp/testcluster-apt.log)"; }
+    fi
+}
+
+# ----------------------------------------------------------------------------- setup
+setup_dirs() {
+    chmod 0755 "$TESTCLUSTER_DIR"
+    id slurm >/dev/null 2>&1 || die "user 'slurm' missing (slurm packages not installed?)"
+    mkdir -p "$SLURM_ETC" "$SLURM_LOG_DIR" /var/spool/slurmctld /var/spool/slurmd /run/sshd
+    chown slurm:slurm "$SLURM_LOG_DIR" /var/spool/slurmctld
+    chmod 0755 /run/sshd
+    # munge: /run/munge for the socket, key 0600 munge:munge in a 0700 directory.
+    mkdir -p /run/munge /var/log/munge /var/lib/munge /etc/munge
+    chown munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge
+    chmod 0755 /run/munge
+    chmod 0700 /var/log/munge /var/lib/munge /etc/munge
+    touch "$MUNGE_LOG"; chown munge:munge "$MUNGE_LOG"; chmod 0640 "$MUNGE_LOG"
+    if [[ ! -s /etc/munge/munge.key ]]; then
+        log "creating munge key"
+        dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    fi
+    chown munge:munge /etc/munge/munge.key
+    chmod 0600 /etc/munge/munge.key
+    # MariaDB
+    mkdir -p "$MYSQL_RUN" /var/log/mysql
+    chown mysql:mysql "$MYSQL_RUN" /var/log/mysql
+}
+
+setup_test_user() {
+    if ! id "$TEST_USER" >/dev/null 2>&1; then
+        log "creating user $TEST_USER"
+        useradd --create-home --home-dir "$TEST_HOME" --shell /bin/bash "$TEST_USER"
+    fi
+    mkdir -p "$TEST_HOME"
+    chown "$TEST_USER:$TEST_USER" "$TEST_HOME"
+    chmod 0755 "$TEST_HOME"
+
+    # Password: generated once, reused later.
+    if [[ ! -s $PASSWORD_FILE ]]; then
+        (umask 077; random_secret >"$PASSWORD_FILE")
+    fi
+    chmod 0600 "$PASSWORD_FILE"
+    # (Re)setting it every time is cheap and also unlocks the account for key login (UsePAM no).
+    printf '%s:%s\n' "$TEST_USER" "$(cat "$PASSWORD_FILE")" | chpasswd
+
+    # Key pair: private key in the private dir, public key in authorized_keys.
+    if [[ ! -s $USER_KEY ]]; then
+        ssh-keygen -q -t ed25519 -N '' -C "$TEST_USER@testcluster" -f "$USER_KEY"
+    fi
+    chmod 0600 "$USER_KEY"; chmod 0644 "$USER_KEY.pub"
+    install -d -m 0700 -o "$TEST_USER" -g "$TEST_USER" "$TEST_HOME/.ssh"
+    if ! grep -qxF "$(cat "$USER_KEY.pub")" "$TEST_HOME/.ssh/authorized_keys" 2>/dev/null; then
+        cat "$USER_KEY.pub" >>"$TEST_HOME/.ssh/authorized_keys"
+    fi
+    chown "$TEST_USER:$TEST_USER" "$TEST_HOME/.ssh/authorized_keys"
+    chmod 0600 "$TEST_HOME/.ssh/authorized_keys"
+
+    # An unwritable directory for tests of bad base paths.
+    install -d -m 0755 -o root -g root "$TEST_HOME/readonly"
+}
+
+# Which cgroup mode the Slurm config uses: "cgroup" or "fallback" (remembered across runs).
+cgroup_mode() {
+    case $CGROUP_WANTED in
+        yes) echo cgroup ;;
+        no) echo fallback ;;
+        *) if [[ -s $CGROUP_MODE_FILE ]]; then cat "$CGROUP_MODE_FILE"; else echo cgroup; fi ;;
+    esac
+}
+
+write_slurm_conf() {
+    local mode=$1 hw cpus boards sockets cores threads mem realmem defmem
+    hw=$(slurmd -C | head -n 1)
+    field() { sed -n "s/.*\\b$1=\\([0-9]*\\).*/\\1/p" <<<"$hw"; }
+    cpus=$(field CPUs); boards=$(field Boards); sockets=$(field SocketsPerBoard)
+    cores=$(field CoresPerSocket); threads=$(field ThreadsPerCore); mem=$(field RealMemory)
+    [[ -n $cpus && -n $mem ]] || die "could not parse 'slurmd -C': $hw"
+    realmem=$((mem * 9 / 10))
+    # 2048 MB per CPU by default, less on small nodes so at least 8 one-CPU jobs fit.
+    defmem=$((realmem / 8)); ((defmem > 2048)) && defmem=2048
+
+    local proctrack task gather_params=""
+    if [[ $mode == cgroup ]]; then
+        proctrack=proctrack/cgroup; task=task/cgroup,task/affinity
+    else
+        proctrack=proctrack/linuxproc; task=task/none
+        gather_params="JobAcctGatherParams=OverMemoryKill"
+    fi
+
+    write_if_changed "$SLURM_ETC/slurm.conf" 0644 root:root <<EOF && SLURM_CONF_CHANGED=1 || true
+# Written by scripts/testcluster.sh (dagster-slurm test cluster). Edits are overwritten.
+ClusterName=$CLUSTER_NAME
+SlurmctldHost=localhost(127.0.0.1)
+SlurmUser=slurm
+SlurmdUser=root
+AuthType=auth/munge
+MpiDefault=none
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=$SLURMCTLD_PID
+SlurmdPidFile=$SLURMD_PID
+SlurmctldLogFile=$SLURM_LOG_DIR/slurmctld.log
+SlurmdLogFile=$SLURM_LOG_DIR/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+MailProg=/bin/true
+ReturnToService=2
+MinJobAge=300
+KillWait=5
+
+# Process tracking / resource enforcement ($mode mode)
+ProctrackType=$proctrack
+TaskPlugin=$task
+
+# Scheduling
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU_Memory
+DefMemPerCPU=$defmem
+
+# Accounting through slurmdbd
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=2
+$gather_params
+JobCompType=jobcomp/none
+
+NodeName=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1} RealMemory=$realmem State=UNKNOWN
+PartitionName=debug Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
+PartitionName=batch Nodes=$NODE_NAME Default=NO MaxTime=INFINITE State=UP
+EOF
+
+    write_if_changed "$SLURM_ETC/cgroup.conf" 0644 root:root <<EOF && SLURM_CONF_CHANGED=1 || true
+# Written by scripts/testcluster.sh
+CgroupPlugin=autodetect
+ConstrainCores=yes
+ConstrainRAMSpace=yes
+EOF
+}
+
+write_slurmdbd_conf() {
+    if [[ ! -s $DB_PASSWORD_FILE ]]; then
+        (umask 077; random_secret >"$DB_PASSWORD_FILE")
+    fi
+    chmod 0600 "$DB_PASSWORD_FILE"
+    write_if_changed "$SLURM_ETC/slurmdbd.conf" 0600 slurm:slurm <<EOF && SLURMDBD_CONF_CHANGED=1 || true
+# Written by scripts/testcluster.sh
+AuthType=auth/munge
+DbdHost=localhost
+DbdPort=6819
+SlurmUser=slurm
+PidFile=$SLURMDBD_PID
+LogFile=$SLURM_LOG_DIR/slurmdbd.log
+DebugLevel=info
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=$(cat "$DB_PASSWORD_FILE")
+StorageLoc=slurm_acct_db
+EOF
+}
+
+write_ssh_files() {
+    if [[ ! -s $SSHD_HOSTKEY ]]; then
+        ssh-keygen -q -t ed25519 -N '' -C "testcluster-host" -f "$SSHD_HOSTKEY"
+    fi
+    chmod 0600 "$SSHD_HOSTKEY"; chmod 0644 "$SSHD_HOSTKEY.pub"
+
+    write_if_changed "$SSHD_CONFIG" 0644 root:root <<EOF && SSHD_CONF_CHANGED=1 || true
+# Written by scripts/testcluster.sh
+ListenAddress $SSH_HOST
+Port $SSH_PORT
+HostKey $SSHD_HOSTKEY
+PidFile $SSHD_PID
+UsePAM no
+PermitRootLogin no
+PubkeyAuthentication yes
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+AuthorizedKeysFile .ssh/authorized_keys
+AllowUsers $TEST_USER
+MaxSessions 64
+MaxStartups 100:30:200
+MaxAuthTries 10
+LoginGraceTime 30
+ClientAliveInterval 30
+X11Forwarding no
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem sftp /usr/lib/openssh/sftp-server
+EOF
+
+    local hostkey hostpat
+    hostkey=$(awk '{print $1" "$2}' "$SSHD_HOSTKEY.pub")
+    if [[ $SSH_PORT == 22 ]]; then hostpat=("$SSH_HOST" localhost)
+    else hostpat=("[$SSH_HOST]:$SSH_PORT" "[localhost]:$SSH_PORT"); fi
+    printf '%s %s\n' "${hostpat[0]}" "$hostkey" "${hostpat[1]}" "$hostkey" |
+        write_if_changed "$KNOWN_HOSTS" 0644 root:root || true
+}
+
+# The `env` output; also written to $ENV_FILE (0600, it holds the password).
+env_lines() {
+    [[ -s $PASSWORD_FILE ]] || die "not set up yet: run '$0 start' first"
+    printf 'export SLURM_EDGE_NODE_HOST=%q\n' "$SSH_HOST"
+    printf 'export SLURM_EDGE_NODE_PORT=%q\n' "$SSH_PORT"
+    printf 'export SLURM_EDGE_NODE_USER=%q\n' "$TEST_USER"
+    printf 'export SLURM_EDGE_NODE_KEY_PATH=%q\n' "$USER_KEY"
+    printf 'export TESTCLUSTER_PASSWORD=%q\n' "$(cat "$PASSWORD_FILE")"
+    printf 'export TESTCLUSTER_KNOWN_HOSTS=%q\n' "$KNOWN_HOSTS"
+    printf 'export SLURM_DEPLOYMENT_BASE_PATH=%q\n' "$DEPLOYMENT_BASE_PATH"
+}
+
+write_env_file() {
+    env_lines | write_if_changed "$ENV_FILE" 0600 root:root || true
+}
+
+configure() {
+    setup_dirs
+    setup_test_user
+    write_slurm_conf "$(cgroup_mode)"
+    write_slurmdbd_conf
+    write_ssh_files
+    write_env_file
+}
+
+# ----------------------------------------------------------------------------- probes
+probe_munge() { timeout 5 bash -c 'munge -n | unmunge' >/dev/null 2>&1; }
+probe_mysql() { timeout 5 mariadb-admin --socket="$MYSQL_SOCK" ping >/dev/null 2>&1; }
+probe_slurmdbd() { timeout 10 sacctmgr -n show cluster >/dev/null 2>&1; }
+# (sinfo retries ~9 s when no controller listens, so look at the pid file first.)
+probe_slurmctld() { pid_alive "$SLURMCTLD_PID" slurmctld && timeout 10 sinfo -h >/dev/null 2>&1; }
+# slurmd: our node is registered and usable (idle/mixed/allocated, not down/unknown/'*').
+probe_slurmd() {
+    local state
+    pid_alive "$SLURMD_PID" slurmd && pid_alive "$SLURMCTLD_PID" slurmctld || return 1
+    state=$(timeout 10 sinfo -h -N -n "$NODE_NAME" -o '%T' 2>/dev/null | head -n 1) || return 1
+    [[ $state =~ ^(idle|mixed|allocated|completing)$ ]]
+}
+probe_sshd() { timeout 10 ssh -i "$USER_KEY" -p "$SSH_PORT" -o BatchMode=yes -o ConnectTimeout=5 \
+        -o UserKnownHostsFile="$KNOWN_HOSTS" -o StrictHostKeyChecking=yes -o LogLevel=ERROR \
+        "$TEST_USER@$SSH_HOST" true </dev/null >/dev/null 2>&1; }
+
+# ----------------------------------------------------------------------------- start
+start_munged() {
+    if ! pid_alive "$MUNGE_PID" munged; then
+        log "starting munged"
+        rm -f "$MUNGE_PID"
+        launch munged /var/log/munge/munged.out runuser -u munge -- /usr/sbin/munged
+    fi
+    wait_for munged "$MUNGE_LOG" "$MUNGE_PID" munged probe_munge
+}
+
+start_mariadbd() {
+    if ! pid_alive "$MYSQL_PID" mariadbd; then
+        if [[ ! -d /var/lib/mysql/mysql ]]; then
+            log "initialising MariaDB data directory"
+            mariadb-install-db --user=mysql --datadir=/var/lib/mysql >>"$MYSQL_LOG" 2>&1 9>&-
+        fi
+        log "starting mariadbd"
+        rm -f "$MYSQL_PID"
+        setsid /usr/sbin/mariadbd --user=mysql --skip-networking \
+            --socket="$MYSQL_SOCK" --pid-file="$MYSQL_PID" --log-error="$MYSQL_LOG" \
+            --innodb-buffer-pool-size=512M --innodb-lock-wait-timeout=900 \
+            </dev/null >>/var/log/mysql/mariadbd.out 2>&1 9>&- &
+        disown
+    fi
+    wait_for mariadbd "$MYSQL_LOG" "$MYSQL_PID" mariadbd probe_mysql
+    # Database user for slurmdbd (idempotent; keeps the password in sync with slurmdbd.conf).
+    local pw; pw=$(cat "$DB_PASSWORD_FILE")
+    mariadb --socket="$MYSQL_SOCK" -u root <<EOF
+CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$pw';
+ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$pw';
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+EOF
+}
+
+start_slurmdbd() {
+    ((SLURMDBD_CONF_CHANGED)) && stop_pidfile slurmdbd "$SLURMDBD_PID" slurmdbd
+    if ! pid_alive "$SLURMDBD_PID" slurmdbd; then
+        log "starting slurmdbd"
+        rm -f "$SLURMDBD_PID"
+        launch slurmdbd "$SLURM_LOG_DIR/slurmdbd.out" /usr/sbin/slurmdbd
+    fi
+    wait_for slurmdbd "$SLURM_LOG_DIR/slurmdbd.log" "$SLURMDBD_PID" slurmdbd probe_slurmdbd
+}
+
+# Register the cluster, an account and the test user in the accounting DB (idempotent).
+register_accounting() {
+    local sam=(timeout 20 sacctmgr -i)
+    if [[ -z $("${sam[@]}" -n -P show cluster "$CLUSTER_NAME" format=cluster 2>/dev/null) ]]; then
+        log "registering cluster $CLUSTER_NAME"
+        "${sam[@]}" add cluster "$CLUSTER_NAME" >/dev/null
+    fi
+    if [[ -z $("${sam[@]}" -n -P show account "$SLURM_ACCOUNT" format=account 2>/dev/null) ]]; then
+        log "adding account $SLURM_ACCOUNT"
+        "${sam[@]}" add account "$SLURM_ACCOUNT" cluster="$CLUSTER_NAME" \
+            description="dagster-slurm tests" organization=dagster >/dev/null
+    fi
+    if [[ -z $("${sam[@]}" -n -P show assoc cluster="$CLUSTER_NAME" user="$TEST_USER" format=user 2>/dev/null) ]]; then
+        log "adding user $TEST_USER to account $SLURM_ACCOUNT"
+        "${sam[@]}" add user "$TEST_USER" account="$SLURM_ACCOUNT" \
+            defaultaccount="$SLURM_ACCOUNT" cluster="$CLUSTER_NAME" >/dev/null
+    fi
+}
+
+start_slurmctld() {
+    if ! pid_alive "$SLURMCTLD_PID" slurmctld; then
+        log "starting slurmctld"
+        rm -f "$SLURMCTLD_PID"
+        launch slurmctld "$SLURM_LOG_DIR/slurmctld.out" /usr/sbin/slurmctld
+    fi
+    wait_for slurmctld "$SLURM_LOG_DIR/slurmctld.log" "$SLURMCTLD_PID" slurmctld probe_slurmctld
+}
+
+# Start slurmd; returns 1 (instead of exiting) if it does not come up, so the caller can
+# retry with the cgroup-less fallback configuration.
+start_slurmd() {
+    if ! pid_alive "$SLURMD_PID" slurmd; then
+        log "starting slurmd"
+        rm -f "$SLURMD_PID"
+        (launch slurmd "$SLURM_LOG_DIR/slurmd.out" /usr/sbin/slurmd -N "$NODE_NAME") || return 1
+    fi
+    local t0=$SECONDS
+    while ! probe_slurmd; do
+        # slurmd died (e.g. refused the cgroup plugins): give up early.
+        if ((SECONDS - t0 >= 2)) && ! pid_alive "$SLURMD_PID" slurmd; then
+            sleep 1
+            pid_alive "$SLURMD_PID" slurmd || return 1
+        fi
+        ((SECONDS - t0 < WAIT_TIMEOUT)) || return 1
+        # A node left DOWN/DRAIN by an earlier failure: bring it back.
+        if timeout 5 sinfo -h -N -n "$NODE_NAME" -o '%T' 2>/dev/null | grep -qE 'down|drain'; then
+            timeout 5 scontrol update nodename="$NODE_NAME" state=resume >/dev/null 2>&1 || true
+        fi
+        sleep 0.2
+    done
+}
+
+start_slurm_daemons() {
+    # slurm.conf/cgroup.conf changed: slurmctld and slurmd must both restart.
+    if ((SLURM_CONF_CHANGED)); then
+        stop_pidfile slurmd "$SLURMD_PID" slurmd
+        stop_pidfile slurmctld "$SLURMCTLD_PID" slurmctld
+    fi
+    start_slurmctld
+    if start_slurmd; then
+        [[ $CGROUP_WANTED == auto && $(cgroup_mode) == cgroup ]] && echo cgroup >"$CGROUP_MODE_FILE"
+        return 0
+    fi
+    if [[ $CGROUP_WANTED == auto && $(cgroup_mode) == cgroup ]]; then
+        log "slurmd did not come up with cgroup plugins; last lines of $SLURM_LOG_DIR/slurmd.log:"
+        tail -n 10 "$SLURM_LOG_DIR/slurmd.log" >&2 || true
+        log "falling back to proctrack/linuxproc + task/none + OverMemoryKill"
+        echo fallback >"$CGROUP_MODE_FILE"
+        write_slurm_conf fallback
+        stop_pidfile slurmd "$SLURMD_PID" slurmd
+        stop_pidfile slurmctld "$SLURMCTLD_PID" slurmctld
+        start_slurmctld
+        start_slurmd && return 0
+    fi
+    log "slurmd did not come up within ${WAIT_TIMEOUT}s; last lines of $SLURM_LOG_DIR/slurmd.log:"
+    tail -n 25 "$SLURM_LOG_DIR/slurmd.log" >&2 || true
+    exit 1
+}
+
+start_sshd() {
+    ((SSHD_CONF_CHANGED)) && stop_pidfile sshd "$SSHD_PID" sshd
+    if ! pid_alive "$SSHD_PID" sshd; then
+        log "starting sshd on $SSH_HOST:$SSH_PORT"
+        rm -f "$SSHD_PID"
+        /usr/sbin/sshd -t -f "$SSHD_CONFIG" 2>>"$SSHD_LOG" || { tail -n 5 "$SSHD_LOG" >&2; die "sshd config test failed"; }
+        launch sshd "$SSHD_LOG.out" /usr/sbin/sshd -f "$SSHD_CONFIG" -E "$SSHD_LOG"
+    fi
+    wait_for sshd "$SSHD_LOG" "$SSHD_PID" sshd probe_sshd
+}
+
+print_summary() {
+    log "cluster '$CLUSTER_NAME' is up (node $NODE_NAME, partitions debug* and batch, $(cgroup_mode) mode)"
+    cat >&2 <<EOF
+  ssh:          ssh -i $USER_KEY -o UserKnownHostsFile=$KNOWN_HOSTS -p $SSH_PORT $TEST_USER@$SSH_HOST
+  host/port:    $SSH_HOST:$SSH_PORT   user: $TEST_USER
+  key:          $USER_KEY
+  password:     stored in $PASSWORD_FILE (also TESTCLUSTER_PASSWORD in the env file)
+  known_hosts:  $KNOWN_HOSTS
+  env file:     $ENV_FILE   (or: eval "\$($0 env)")
+  logs:         $SLURM_LOG_DIR/, $MUNGE_LOG, $MYSQL_LOG, $SSHD_LOG
+EOF
+}
+
+# ----------------------------------------------------------------------------- commands
+cmd_install() {
+    take_lock
+    install_packages
+    configure
+    log "installed and configured (state in $TESTCLUSTER_DIR)"
+    if ((SLURM_CONF_CHANGED + SLURMDBD_CONF_CHANGED + SSHD_CONF_CHANGED)) && pid_alive "$SLURMCTLD_PID" slurmctld; then
+        log "configuration changed while the cluster runs: run '$0 restart'"
+    fi
+}
+
+cmd_start() {
+    take_lock
+    local t0=$SECONDS
+    # Fast path: everything already answers and no config changed.
+    if ! packages_missing; then
+        configure
+        if ((SLURM_CONF_CHANGED + SLURMDBD_CONF_CHANGED + SSHD_CONF_CHANGED == 0)) && all_answer; then
+            log "already running"
+            print_summary
+            return 0
+        fi
+    else
+        install_packages
+        configure
+    fi
+    start_munged
+    start_mariadbd
+    start_slurmdbd
+    register_accounting
+    start_slurm_daemons
+    start_sshd
+    write_env_file
+    log "started in $((SECONDS - t0))s"
+    print_summary
+}
+
+cmd_stop() {
+    take_lock
+    # Cancel all jobs first so no slurmstepd is left behind.
+    if pid_alive "$SLURMCTLD_PID" slurmctld; then
+        if [[ -n $(timeout 10 squeue -h -o %i 2>/dev/null) ]]; then
+            log "cancelling all jobs"
+            timeout 10 scancel --full $(timeout 10 squeue -h -o %i) >/dev/null 2>&1 || true
+            local i
+            for ((i = 0; i < 50; i++)); do
+                [[ -z $(timeout 5 squeue -h -t running,completing,pending -o %i 2>/dev/null) ]] && break
+                sleep 0.2
+            done
+        fi
+    fi
+    stop_pidfile sshd "$SSHD_PID" sshd
+    stop_pidfile slurmd "$SLURMD_PID" slurmd
+    stop_pidfile slurmctld "$SLURMCTLD_PID" slurmctld
+    stop_pidfile slurmdbd "$SLURMDBD_PID" slurmdbd
+    stop_pidfile mariadbd "$MYSQL_PID" mariadbd
+    stop_pidfile munged "$MUNGE_PID" munged
+    log "stopped"
+}
+
+# all_answer [-v]: probe every daemon; with -v report each result on stderr.
+all_answer() {
+    local verbose=${1:-} ok=0 name
+    for name in munge slurmdbd slurmctld slurmd sshd; do
+        if "probe_$name"; then
+            [[ -n $verbose ]] && log "$name: ok"
+        else
+            [[ -n $verbose ]] && log "$name: NOT answering"
+            ok=1
+        fi
+    done
+    return $ok
+}
+
+cmd_status() {
+    [[ -s $USER_KEY ]] || { log "not set up (no $USER_KEY)"; return 1; }
+    if all_answer -v; then log "all daemons answer"; return 0; fi
+    return 1
+}
+
+cmd_env() { env_lines; }
+
+main() {
+    [[ $(id -u) == 0 ]] || die "must run as root"
+    case "${1:-}" in
+        install) cmd_install ;;
+        start) cmd_start ;;
+        stop) cmd_stop ;;
+        status) cmd_status ;;
+        env) cmd_env ;;
+        restart) cmd_stop; cmd_start ;;   # one lock for both halves
+        *) echo "usage: $0 install|start|stop|status|env|restart" >&2; exit 2 ;;
+    esac
+}
+
+main "$@"
