@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import dagster as dg
 from pydantic import Field
 
@@ -26,9 +24,6 @@ KNOWN_SBATCH_OPTIONS = frozenset(
     """.split()
 )
 
-_TIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$|^(UNLIMITED|INFINITE)$")
-
-
 def validate_sbatch_options(options: dict[str, str], setting: str) -> dict[str, str]:
     """Return ``options`` with keys normalised (no leading dashes); reject unknown ones."""
     out: dict[str, str] = {}
@@ -41,15 +36,6 @@ def validate_sbatch_options(options: dict[str, str], setting: str) -> dict[str, 
             )
         out[key] = str(value)
     return out
-
-
-def validate_time_limit(value: str, setting: str) -> str:
-    if not _TIME_RE.match(value.strip()):
-        raise ConfigurationError(
-            f"{setting}={value!r} is not a Slurm time limit. Use minutes, MM:SS, HH:MM:SS, "
-            "D-HH, D-HH:MM or D-HH:MM:SS (e.g. '00:30:00')."
-        )
-    return value.strip()
 
 
 class SlurmQueueConfig(dg.Config):

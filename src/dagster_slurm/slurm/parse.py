@@ -101,7 +101,7 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
 
 def parse_size(text: str) -> int | None:
     """sacct sizes: ``1234K``, ``3.5M``, ``0``; empty -> None."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGTP]?)\s*", text or "")
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)\s*", text or "")
     return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
 
 

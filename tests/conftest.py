@@ -1,0 +1,94 @@
+"""Shared fixtures. Integration tests use the real test cluster of scripts/testcluster.sh.
+
+Outside CI a cluster that cannot start skips the integration tests; under CI=true it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+CLUSTER_SCRIPT = ROOT / "scripts" / "testcluster.sh"
+
+
+def _parse_exports(text: str) -> dict[str, str]:
+    import shlex
+
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+@pytest.fixture(scope="session")
+def cluster_env() -> dict[str, str]:
+    """Start (idempotently) the local Slurm + SSH test cluster; return its connection settings."""
+    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    proc = subprocess.run([str(CLUSTER_SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        message = f"test cluster did not start (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        if in_ci:
+            pytest.fail(message)
+        pytest.skip(message)
+    env = _parse_exports(subprocess.run([str(CLUSTER_SCRIPT), "env"], capture_output=True, text=True,
+                                        check=True).stdout)
+    return env
+
+
+@pytest.fixture(scope="session")
+def ssh(cluster_env):
+    from dagster_slurm import SSHConnectionResource
+
+    return SSHConnectionResource(
+        host=cluster_env["SLURM_EDGE_NODE_HOST"],
+        port=int(cluster_env["SLURM_EDGE_NODE_PORT"]),
+        user=cluster_env["SLURM_EDGE_NODE_USER"],
+        key_path=cluster_env["SLURM_EDGE_NODE_KEY_PATH"],
+        known_hosts_file=cluster_env["TESTCLUSTER_KNOWN_HOSTS"],
+        connect_timeout=10,
+    )
+
+
+@pytest.fixture(scope="session")
+def transport(ssh):
+    from dagster_slurm.transport import get_transport
+
+    return get_transport(ssh.settings())
+
+
+@pytest.fixture(scope="session")
+def remote_base(transport) -> str:
+    return transport.absolute("dagster-slurm-tests")
+
+
+@pytest.fixture(scope="session")
+def pipes_env(transport) -> str:
+    """A pre-deployed environment (activate.sh + env/) on the cluster with dagster-pipes."""
+    from remote_env import make_pipes_env
+
+    return make_pipes_env(transport, "dagster-slurm-tests/envs/pipes")
+
+
+@pytest.fixture
+def slurm(ssh, remote_base):
+    from dagster_slurm import SlurmQueueConfig, SlurmResource
+
+    return SlurmResource(ssh=ssh, remote_base=remote_base,
+                         queue=SlurmQueueConfig(mem="256M", time_limit="00:05:00"))
+
+
+PAYLOADS = ROOT / "tests" / "payloads"
+
+
+@pytest.fixture
+def payloads() -> Path:
+    return PAYLOADS

@@ -1,0 +1,149 @@
+"""Bad input against the real cluster: each a clear error naming the setting and the fix, never a hang."""
+
+import time
+
+import asyncssh
+import dagster as dg
+import pytest
+
+from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource, SSHConnectionResource
+from dagster_slurm.errors import ConfigurationError, SSHConnectionError
+from dagster_slurm.transport import SSHTransport
+
+pytestmark = pytest.mark.cluster
+
+
+def _connect(ssh: SSHConnectionResource):
+    t = SSHTransport(ssh.settings())  # a fresh connection, not the shared one
+    try:
+        return t.run("true")
+    finally:
+        t.close()
+
+
+def _fails(asset_fn, compute) -> str:
+    result = dg.materialize([asset_fn], resources={"compute": compute}, raise_on_error=False)
+    assert not result.success
+    return result.get_step_failure_events()[0].step_failure_data.error.message
+
+
+def _asset(payload, **kw):
+    @dg.asset(name="bad", metadata=kw.pop("metadata", None))
+    def bad(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=str(payload), **kw).get_results()
+
+    return bad
+
+
+def test_password_login_works(ssh, cluster_env):
+    pw = ssh.model_copy(update={"key_path": None, "password": cluster_env["TESTCLUSTER_PASSWORD"]})
+    assert _connect(pw).exit_status == 0
+
+
+def test_wrong_password_is_refused_without_leaking_it(ssh):
+    pw = ssh.model_copy(update={"key_path": None, "password": "not-the-password-xyz"})
+    with pytest.raises(SSHConnectionError) as err:
+        _connect(pw)
+    assert "authentication failed" in str(err.value) and "SLURM_EDGE_NODE_PASSWORD" in str(err.value)
+    assert "not-the-password-xyz" not in str(err.value)
+
+
+def test_key_the_server_refuses(ssh, tmp_path):
+    key = tmp_path / "other_key"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(key))
+    with pytest.raises(SSHConnectionError, match="SLURM_EDGE_NODE_KEY_PATH"):
+        _connect(ssh.model_copy(update={"key_path": str(key)}))
+
+
+def test_closed_port_fails_fast(ssh):
+    started = time.monotonic()
+    with pytest.raises(SSHConnectionError, match="SLURM_EDGE_NODE_PORT"):
+        _connect(ssh.model_copy(update={"port": 1}))
+    assert time.monotonic() - started < 5
+
+
+def test_unreachable_host_fails_within_connect_timeout(ssh):
+    # 10.255.255.1 is unroutable: either the network refuses at once or nothing answers
+    started = time.monotonic()
+    with pytest.raises(SSHConnectionError, match="10.255.255.1"):
+        _connect(ssh.model_copy(update={"host": "10.255.255.1", "connect_timeout": 2}))
+    assert time.monotonic() - started < 10
+
+
+def test_unknown_host_key_under_strict(ssh, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(SSHConnectionError) as err:
+        _connect(ssh.model_copy(update={"known_hosts_file": str(empty)}))
+    assert "not in" in str(err.value) and "accept-new" in str(err.value) and "ssh-keyscan" in str(err.value)
+
+
+def test_changed_host_key_under_strict_and_accept_new(ssh, tmp_path, cluster_env):
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    port = cluster_env["SLURM_EDGE_NODE_PORT"]
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{port} {other}\n")
+    for mode in ("strict", "accept-new"):
+        with pytest.raises(SSHConnectionError, match="CHANGED"):
+            _connect(ssh.model_copy(update={"known_hosts_file": str(wrong), "host_key_checking": mode}))
+
+
+def test_accept_new_records_an_unknown_host(ssh, tmp_path):
+    path = tmp_path / "sub" / "known_hosts"
+    assert _connect(ssh.model_copy(update={"known_hosts_file": str(path), "host_key_checking": "accept-new"}))
+    assert "[127.0.0.1]:" in path.read_text()
+    # and now strict accepts it
+    assert _connect(ssh.model_copy(update={"known_hosts_file": str(path)})).exit_status == 0
+
+
+def test_missing_payload(slurm, pipes_env, tmp_path):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    text = _fails(_asset(tmp_path / "nope.py"), compute)
+    assert "payload_path" in text and "does not exist" in text
+
+
+@pytest.mark.parametrize(
+    "requirements, expected",
+    [({"partition": "no_such_partition"}, "invalid partition"), ({"time_limit": "abc"}, "time")],
+)
+def test_invalid_partition_or_time_passes_sbatch_message(slurm, pipes_env, payloads, requirements, expected):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    text = _fails(_asset(payloads / "report.py", resource_requirements=requirements), compute)
+    assert "sbatch rejected the job" in text and "sbatch: error" in text
+    assert expected in text.lower()
+
+
+def test_remote_base_not_writable(ssh, pipes_env, payloads):
+    slurm = SlurmResource(ssh=ssh, remote_base="readonly/base", queue=SlurmQueueConfig(mem="256M"))
+    text = _fails(_asset(payloads / "report.py"), ComputeResource(mode="slurm", slurm=slurm,
+                                                                  pre_deployed_env_path=pipes_env))
+    assert "remote_base" in text and "SLURM_DEPLOYMENT_BASE_PATH" in text
+
+
+@pytest.mark.parametrize("where", ["missing", "no_activate"])
+def test_pre_deployed_env_missing_or_without_activate(slurm, payloads, transport, remote_base, where):
+    path = f"{remote_base}/envs/empty" if where == "no_activate" else f"{remote_base}/envs/does-not-exist"
+    if where == "no_activate":
+        transport.mkdir_p(path)
+    text = _fails(_asset(payloads / "report.py"), ComputeResource(mode="slurm", slurm=slurm,
+                                                                  pre_deployed_env_path=path))
+    assert "pre_deployed_env_path" in text
+    assert ("has no activate.sh" if where == "no_activate" else "does not exist") in text
+
+
+def test_unknown_sbatch_option(slurm, pipes_env, payloads):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    text = _fails(_asset(payloads / "report.py",
+                         resource_requirements={"extra_sbatch_options": {"no-such-opt": "1"}}), compute)
+    assert "unknown sbatch option 'no-such-opt'" in text and "constraint" in text
+
+
+def test_skip_payload_upload_without_remote_payload(slurm, pipes_env, payloads):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    text = _fails(_asset(payloads / "report.py", skip_payload_upload=True), compute)
+    assert "skip_payload_upload" in text and f"{pipes_env}/scripts/report.py" in text
+
+
+def test_key_and_password_both_set():
+    with pytest.raises(ConfigurationError, match="key_path and password"):
+        SSHConnectionResource(host="h", key_path=__file__, password="x").settings()

@@ -1,0 +1,122 @@
+"""End to end on the real test cluster: an asset runs as a Slurm job over SSH with Dagster Pipes."""
+
+import dagster as dg
+import pytest
+
+from dagster_slurm import ComputeResource, SlurmJobError
+
+pytestmark = pytest.mark.cluster
+
+
+def _asset(payload, **run_kwargs):
+    @dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="reporter")] if run_kwargs.pop("check", False) else None,
+              metadata=run_kwargs.pop("metadata", None), name=run_kwargs.pop("name", "reporter"))
+    def reporter(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=str(payload), **run_kwargs).get_results()
+
+    return reporter
+
+
+def _materialize(asset, compute, **kw):
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([asset], resources={"compute": compute}, raise_on_error=False, instance=instance, **kw)
+    result.log_messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    return result
+
+
+def test_asset_runs_as_slurm_job_with_logs_metadata_check_and_metrics(slurm, pipes_env, payloads, capfd):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    asset = _asset(payloads / "report.py", extras={"foo": 7}, extra_env={"K": "v"}, check=True,
+                   resource_requirements={"partition": "batch", "cpus": 2})
+    result = _materialize(asset, compute)
+    assert result.success
+    meta = result.asset_materializations_for_node("reporter")[0].metadata
+    assert meta["foo"].value == 7
+    assert meta["env_k"].value == "v"
+    assert meta["partition"].value == "batch"
+    assert meta["cpus"].value == "2"
+    assert meta["slurm_state"].value == "COMPLETED"
+    assert meta["slurm_exit_code"].value == "0:0"
+    assert int(meta["slurm_job_id"].value) > 0
+    assert meta["slurm_cpus"].value == 2
+    assert "slurm_node_hours" in meta and "slurm_elapsed" in meta
+    checks = result.get_asset_check_evaluations()
+    assert [(c.check_name, c.passed) for c in checks] == [("positive", True)]
+    assert any(m.startswith("hello from ") for m in result.log_messages)
+    out, err = capfd.readouterr()
+    assert "line on stdout" in out
+    assert "line on stderr" in err
+
+
+def test_messages_arrive_complete_in_order_once(slurm, pipes_env, payloads):
+    n = 400
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = _materialize(_asset(payloads / "many_logs.py", extras={"n": n}), compute)
+    assert result.success
+    got = [m for m in result.log_messages if m.startswith("msg ")]
+    assert got == [f"msg {i}" for i in range(n)]
+
+
+def test_asset_metadata_selects_partition_and_resources(slurm, pipes_env, payloads):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    asset = _asset(payloads / "report.py", extras={"foo": 1},
+                   metadata={"slurm_resources": {"partition": "batch", "cpus": 2}})
+    result = _materialize(asset, compute)
+    meta = result.asset_materializations_for_node("reporter")[0].metadata
+    assert (meta["partition"].value, meta["cpus"].value) == ("batch", "2")
+
+
+def test_failing_payload_reports_state_exit_code_and_stderr(slurm, pipes_env, payloads):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = _materialize(_asset(payloads / "fails.py"), compute)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    text = str(failure.message) + "".join(c.error.message for c in (failure.cause,) if c) if failure else ""
+    assert "FAILED" in text and "3:0" in text
+    assert "disk on fire" in text
+
+
+def test_payload_that_never_opens_pipes_says_what_to_call(slurm, pipes_env, payloads):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = _materialize(_asset(payloads / "no_pipes.py"), compute)
+    assert not result.success
+    text = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "open_dagster_pipes()" in text
+
+
+def test_secret_env_stays_out_of_job_script_and_metadata(slurm, pipes_env, payloads, transport, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secret = "tOpS3cret-value-42"
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env, debug_mode=True)
+    result = _materialize(_asset(payloads / "secret.py", extra_env={"MY_SECRET": secret}), compute)
+    assert result.success
+    assert secret not in caplog.text  # before the test's own grep below logs it
+    meta = result.asset_materializations_for_node("reporter")[0].metadata
+    assert meta["secret_len"].value == len(secret)
+    assert all(secret not in str(v.value) for v in meta.values())
+    job_id = meta["slurm_job_id"].value
+    # debug_mode keeps the run folder: the job script must not hold the secret; the env file is private
+    found = transport.run(f"grep -rl -- {secret} {slurm.remote_base}/runs/{result.run_id} || true").stdout.split()
+    assert [p.rsplit("/", 1)[-1] for p in found] == ["env.sh"]
+    mode = transport.run(f"stat -c %a {found[0]}").stdout.strip()
+    assert mode == "600"
+    scontrol = transport.run(f"scontrol show job {job_id} || true; sacct -j {job_id} -o JobName,SubmitLine%200 -P"
+                             ).stdout
+    assert secret not in scontrol
+    assert all(secret not in m for m in result.log_messages)
+
+
+def test_job_failure_states_are_dagster_failures(slurm, pipes_env, payloads):
+    """OUT_OF_MEMORY: the job exceeds --mem and Slurm's cgroup kills it."""
+    oom = payloads / "oom.py"
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = _materialize(_asset(oom, resource_requirements={"mem": "60M"}), compute)
+    assert not result.success
+    text = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "OUT_OF_MEMORY" in text
+
+
+def test_slurm_job_error_type_is_exported():
+    assert issubclass(SlurmJobError, dg.Failure)

@@ -1,0 +1,1 @@
+print("I never open Dagster Pipes")

@@ -1,0 +1,244 @@
+"""script.py: queue_directives and render_job_script.
+
+tests/data/slurm/job_script_expected.sh was rendered by render_job_script from SNAPSHOT_JOB below
+and submitted unchanged with ``sbatch`` on the Slurm 22.05.8 test cluster (job 26): sbatch took
+the quoted #SBATCH lines (JobName=dagster asset's run, WorkDir=/home/slurmuser/rec/run dir,
+Comment=it's a "quoted" comment), the job COMPLETED (tests/data/slurm/sacct_rendered_script.txt),
+printed "hello world" to "run dir/stdout.log" and wrote 0 to "run dir/exit_code".
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dagster_slurm.config.queue import KNOWN_SBATCH_OPTIONS, SlurmQueueConfig
+from dagster_slurm.errors import ConfigurationError
+from dagster_slurm.slurm.script import (
+    REQUIREMENT_KEYS,
+    JobScript,
+    job_name,
+    queue_directives,
+    render_job_script,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"
+
+SNAPSHOT_QUEUE = {
+    "partition": "debug", "time_limit": "00:05:00", "cpus": 1, "mem": "100M", "gpus_per_node": 0,
+    "num_nodes": 1, "extra_sbatch_options": {"comment": "it's a \"quoted\" comment"},
+}
+
+
+def snapshot_job() -> JobScript:
+    return JobScript(
+        job_name="dagster asset's run",
+        run_dir="/home/slurmuser/rec/run dir/",
+        command=["python3", "-c", "import sys; print('hello world'); sys.exit(0)"],
+        directives=queue_directives(SNAPSHOT_QUEUE),
+        env_file="/home/slurmuser/rec/run dir/env.sh",
+        activate="/home/slurmuser/rec/run dir/activate.sh",
+    )
+
+
+def sbatch_directives(script: str) -> list[list[str]]:
+    """#SBATCH lines split the way a shell would split them."""
+    return [shlex.split(line[len("#SBATCH "):]) for line in script.splitlines() if line.startswith("#SBATCH ")]
+
+
+# --- render_job_script ---------------------------------------------------------------------------
+
+def test_render_matches_recorded_snapshot():
+    assert render_job_script(snapshot_job()) == (DATA / "job_script_expected.sh").read_text()
+
+
+def test_render_is_deterministic():
+    assert render_job_script(snapshot_job()) == render_job_script(snapshot_job())
+
+
+def test_rendered_directives_are_shell_quoted():
+    script = render_job_script(snapshot_job())
+    options = dict(arg[0][2:].split("=", 1) for arg in sbatch_directives(script))
+    assert all(len(arg) == 1 for arg in sbatch_directives(script))  # one word per #SBATCH line
+    assert options["job-name"] == "dagster asset's run"
+    assert options["comment"] == 'it\'s a "quoted" comment'
+    assert options["chdir"] == "/home/slurmuser/rec/run dir"  # trailing slash dropped
+    assert options["output"] == "/home/slurmuser/rec/run dir/stdout.log"
+    assert options["error"] == "/home/slurmuser/rec/run dir/stderr.log"
+    assert options["time"] == "00:05:00" and options["mem"] == "100M" and options["partition"] == "debug"
+    assert "gpus-per-node" not in options  # 0 GPUs -> no directive
+    # directives are sorted and all come before the first command
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    sbatch = [i for i, line in enumerate(lines) if line.startswith("#SBATCH")]
+    assert sbatch == list(range(1, len(sbatch) + 1))
+    assert [lines[i].split("=")[0] for i in sbatch] == sorted(lines[i].split("=")[0] for i in sbatch)
+
+
+def test_rendered_command_is_quoted():
+    script = render_job_script(snapshot_job())
+    command_line = next(line for line in script.splitlines() if line.startswith("python3"))
+    assert shlex.split(command_line) == ["python3", "-c", "import sys; print('hello world'); sys.exit(0)"]
+
+
+def test_fixed_directives_win_over_user_directives():
+    job = JobScript("name", "/r", ["true"], directives={"job-name": "other", "output": "/x", "chdir": "/y"})
+    options = dict(arg[0][2:].split("=", 1) for arg in sbatch_directives(render_job_script(job)))
+    assert options["job-name"] == "name" and options["output"] == "/r/stdout.log" and options["chdir"] == "/r"
+
+
+def test_render_without_env_file_and_activate():
+    script = render_job_script(JobScript("n", "/r", ["echo", "hi there"]))
+    assert "\n. " not in script
+    assert "echo 'hi there'\nrc=$?\n" in script
+    assert script.endswith('exit "$rc"\n')
+
+
+bash = shutil.which("bash")
+
+
+@pytest.mark.skipif(bash is None, reason="needs bash")
+def test_snapshot_is_valid_bash():
+    proc = subprocess.run(check=False, args=[bash, "-n"], input=render_job_script(snapshot_job()), text=True, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(bash is None, reason="needs bash")
+def test_rendered_script_runs_and_writes_exit_code(tmp_path):
+    run = tmp_path / "run dir"
+    run.mkdir()
+    (run / "env.sh").write_text("export GREETING='it works'\n")
+    (run / "activate.sh").write_text("export ACTIVATED=1\n")
+    job = JobScript("j", str(run), ["bash", "-c", 'echo "$GREETING $ACTIVATED"; exit 4'],
+                    env_file=str(run / "env.sh"), activate=str(run / "activate.sh"))
+    proc = subprocess.run(check=False, args=[bash, "-c", render_job_script(job)], text=True, capture_output=True, cwd=run)
+    assert proc.returncode == 4
+    assert proc.stdout == "it works 1\n"
+    assert (run / "exit_code").read_text() == "4\n"
+    assert not (run / "exit_code.tmp").exists()
+
+
+@pytest.mark.skipif(bash is None, reason="needs bash")
+def test_failing_activate_exits_97(tmp_path):
+    job = JobScript("j", str(tmp_path), ["true"], activate=str(tmp_path / "missing.sh"))
+    proc = subprocess.run(check=False, args=[bash, "-c", render_job_script(job)], text=True, capture_output=True, cwd=tmp_path)
+    assert proc.returncode == 97
+    assert "dagster-slurm: sourcing" in proc.stderr
+
+
+@pytest.mark.skipif(bash is None, reason="needs bash")
+def test_activate_path_with_single_quote_is_valid_bash(tmp_path):
+    """BUG: the activate path is pasted unquoted into the single-quoted ``echo '...'`` error message,
+    so a path containing ``'`` breaks the script (bash: unexpected EOF while looking for matching ``'``)."""
+    run = tmp_path / "o'brien"
+    run.mkdir()
+    (run / "activate.sh").write_text("export ACTIVATED=1\n")
+    job = JobScript("j", str(run), ["bash", "-c", 'echo "$ACTIVATED"'], activate=str(run / "activate.sh"))
+    script = render_job_script(job)
+    syntax = subprocess.run(check=False, args=[bash, "-n"], input=script, text=True, capture_output=True)
+    assert syntax.returncode == 0, syntax.stderr
+    proc = subprocess.run(check=False, args=[bash, "-c", script], text=True, capture_output=True, cwd=run)
+    assert (proc.returncode, proc.stdout) == (0, "1\n")
+
+
+def test_newline_in_directive_value_cannot_escape_the_sbatch_header():
+    """shlex.quote keeps a newline inside the quotes, so ``#SBATCH --comment='a<newline>b'`` would end the
+    #SBATCH header early. Both the merge and the renderer refuse such values."""
+    with pytest.raises(ConfigurationError, match="line break"):
+        queue_directives({"extra_sbatch_options": {"comment": "first line\ntouch /tmp/injected"}})
+    with pytest.raises(ConfigurationError, match="line break"):
+        render_job_script(JobScript("j", "/r", ["true"], directives={"comment": "a\ntouch /tmp/x"}))
+    with pytest.raises(ConfigurationError, match="line break"):
+        render_job_script(JobScript("j\nx", "/r", ["true"]))
+
+
+@pytest.mark.parametrize("parts,name", [
+    (("dagster", "my asset", "run'1"), "dagster-my_asset-run_1"),
+    (("a", "", "b"), "a-b"),
+    ((), "dagster"),
+    (("x" * 150,), "x" * 100),
+])
+def test_job_name(parts, name):
+    assert job_name(*parts) == name
+
+
+# --- queue_directives ----------------------------------------------------------------------------
+
+def test_queue_defaults_become_directives():
+    directives = queue_directives(SlurmQueueConfig(partition="batch", mem="4G").model_dump())
+    assert directives == {"partition": "batch", "time": "01:00:00", "cpus-per-task": "1", "mem": "4G",
+                          "nodes": "1"}
+
+
+def test_overrides_win():
+    queue = {"partition": "debug", "time_limit": "01:00:00", "cpus": 1, "mem": "1G", "gpus_per_node": 0}
+    directives = queue_directives(queue, {"partition": "batch", "cpus": 4, "mem": "8G", "gpus_per_node": 2})
+    assert directives == {"partition": "batch", "time": "01:00:00", "cpus-per-task": "4", "mem": "8G",
+                          "gpus-per-node": "2"}
+
+
+@pytest.mark.parametrize("alias,option", [("time", "time"), ("gpus", "gpus-per-node"), ("nodes", "nodes")])
+def test_override_aliases_win(alias, option):
+    queue = {"time_limit": "01:00:00", "gpus_per_node": 1, "num_nodes": 1}
+    value = {"time": "00:10:00", "gpus": 3, "nodes": 2}[alias]
+    assert queue_directives(queue, {alias: value})[option] == str(value)
+
+
+def test_extra_sbatch_options_merge_and_normalise():
+    queue = {"extra_sbatch_options": {"constraint": "cpu", "--exclusive": ""}}
+    directives = queue_directives(queue, {"extra_sbatch_options": {"constraint": "gpu", "mail_type": "END"}})
+    assert directives == {"constraint": "gpu", "exclusive": "", "mail-type": "END"}
+
+
+def test_none_values_are_left_out():
+    assert queue_directives({"partition": None, "mem": None, "qos": None, "cpus": 2}) == {"cpus-per-task": "2"}
+
+
+def test_unknown_override_key_names_the_valid_keys():
+    with pytest.raises(ConfigurationError) as info:
+        queue_directives({"cpus": 1}, {"memory": "4G"}, setting="slurm_resources")
+    message = str(info.value)
+    assert message.startswith("slurm_resources: unknown key 'memory'.")
+    for key in [*REQUIREMENT_KEYS, "extra_sbatch_options"]:
+        assert key in message
+
+
+def test_unknown_extra_sbatch_option_lists_valid_options():
+    with pytest.raises(ConfigurationError) as info:
+        queue_directives({"extra_sbatch_options": {"constrant": "gpu"}})
+    message = str(info.value)
+    assert "extra_sbatch_options" in message
+    assert "unknown sbatch option 'constrant'" in message
+    assert "Valid options are: " in message
+    for option in ("constraint", "exclusive", "mail-type", "gres"):
+        assert option in message
+    assert message.count(", ") == len(KNOWN_SBATCH_OPTIONS) - 1
+
+
+@pytest.mark.parametrize("option", ["output", "error", "chdir", "job-name", "parsable", "wrap"])
+def test_options_set_by_dagster_slurm_are_not_allowed(option):
+    with pytest.raises(ConfigurationError, match="unknown sbatch option"):
+        queue_directives({}, {"extra_sbatch_options": {option: "x"}})
+
+
+def test_mem_and_mem_per_cpu_is_an_error():
+    with pytest.raises(ConfigurationError, match="either mem or mem_per_cpu"):
+        queue_directives({"mem": "4G", "mem_per_cpu": "1G"})
+    with pytest.raises(ConfigurationError, match="either mem or mem_per_cpu"):
+        queue_directives({}, {"mem": "4G", "mem_per_cpu": "1G"})
+
+
+def test_memory_override_replaces_the_other_memory_kind():
+    assert queue_directives({"mem": "4G"}, {"mem_per_cpu": "1G"}) == {"mem-per-cpu": "1G"}
+    assert queue_directives({"mem_per_cpu": "1G"}, {"mem": "4G"}) == {"mem": "4G"}
+
+
+@pytest.mark.parametrize("limit", ["30", "01:00:00", "1-12:30", "UNLIMITED", "notatime"])
+def test_time_limits_pass_through_for_sbatch_to_judge(limit):
+    # sbatch is the authority on time syntax and partition limits; its own message is passed
+    # through (tests/integration/test_bad_input.py checks that on the real cluster)
+    assert queue_directives({"time_limit": limit})["time"] == limit
