@@ -12,19 +12,20 @@ from dagster import PipesClientCompletedInvocation
 from pydantic import Field
 
 from dagster_slurm.compute.context import asset_metadata, run_identity
+from dagster_slurm.compute.environment import PackSettings, resolve_environment
 from dagster_slurm.compute.launchers import BashLauncher
 from dagster_slurm.compute.local import run_local
 from dagster_slurm.compute.options import resolve_run_options
 from dagster_slurm.config.run import SlurmRunConfig
 from dagster_slurm.config.slurm import DEFAULT_REMOTE_BASE, SlurmResource
 from dagster_slurm.errors import ConfigurationError
+from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
 from dagster_slurm.slurm.script import job_name, queue_directives
 from dagster_slurm.slurm.watcher import watcher_for
 from dagster_slurm.transport import get_transport
 
 RESOURCES_METADATA_KEY = "slurm_resources"
-PRE_DEPLOYED_METADATA_KEY = "slurm_pre_deployed_env_path"
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -60,6 +61,37 @@ class ComputeResource(dg.ConfigurableResource):
     default_skip_payload_upload: bool = Field(
         default=False,
         description="Do not upload payloads; use {pre_deployed_env_path}/scripts/{filename} on the cluster.",
+    )
+    cache_inject_globs: list[str] | None = Field(
+        default=None,
+        description="Glob patterns (recursive **) of --inject files that count for the cache key. "
+        "Default: every injected file counts.",
+    )
+    auto_detect_platform: bool = Field(
+        default=False, description="Ask the edge node (uname -m) for the target platform, once per process."
+    )
+    pack_platform: str | None = Field(
+        default=None, description="Explicit target platform, e.g. 'linux-64'. Wins over auto-detection."
+    )
+    lockfile: str | None = Field(
+        default=None,
+        description="pixi.lock or uv.lock to pack. Default: the nearest one from the working directory upwards.",
+    )
+    packer: Literal["auto", "pixi", "uv"] = Field(
+        default="auto", description="'auto': pixi-pack for a pixi.lock, uv for a uv.lock."
+    )
+    pack_cmd: list[str] | None = Field(
+        default=None,
+        description="pixi-pack command; placeholders {platform}, {output}, {project}. Default: "
+        "pixi-pack --environment default --platform {platform} --create-executable --output-file {output} "
+        "{project}. Per-asset slurm_pack_cmd metadata replaces it.",
+    )
+    remote_python: str = Field(
+        default="python3", description="Interpreter on the cluster that uv builds the venv from (uv packer)."
+    )
+    python_version: str | None = Field(
+        default=None,
+        description="Python version the uv packer resolves for, e.g. '3.11'. Default: that of remote_python.",
     )
 
     def run(
@@ -114,14 +146,13 @@ class ComputeResource(dg.ConfigurableResource):
         run_id, step_key, partition, retry = run_identity(context)
         run_dir = f"{base}/runs/{run_id}/{job_name(step_key, partition)}-r{retry}"
 
-        env_path = metadata.get(PRE_DEPLOYED_METADATA_KEY) or self.pre_deployed_env_path
-        if not env_path:
-            raise ConfigurationError(
-                "Slurm mode needs an environment on the cluster: set ComputeResource.pre_deployed_env_path "
-                f"(or the '{PRE_DEPLOYED_METADATA_KEY}' asset metadata) to a folder holding activate.sh."
-            )
-        env_path = transport.absolute(str(env_path))
-        self._check_env(transport, env_path)
+        env = resolve_environment(
+            self._pack_settings(), self.pre_deployed_env_path, metadata, transport, RemoteLayout(base),
+            force=options.force_env_push, log=context.log.info,
+        )
+        env_path = env.path
+        if not env.packed:
+            self._check_env(transport, env_path)
 
         uploads: list[tuple[str, str]] = []
         if options.skip_payload_upload:
@@ -153,12 +184,20 @@ class ComputeResource(dg.ConfigurableResource):
             env=dict(extra_env or {}),
             uploads=uploads,
             keep_run_dir=self.debug_mode,
-            metadata={"slurm_environment": env_path},
+            metadata={"slurm_environment": env_path, **env.metadata},
+            lease_dir=f"{env_path}/.leases" if env.packed else None,
         )
         client = SlurmPipesClient(transport, watcher, job_timeout=slurm.job_timeout)
         return client.run(context=context, request=request, extras=extras)
 
     # -- helpers
+    def _pack_settings(self) -> PackSettings:
+        return PackSettings(
+            lockfile=self.lockfile, packer=self.packer, pack_cmd=self.pack_cmd, pack_platform=self.pack_platform,
+            auto_detect_platform=self.auto_detect_platform, cache_inject_globs=self.cache_inject_globs,
+            remote_python=self.remote_python, python_version=self.python_version, debug_mode=self.debug_mode,
+        )
+
     def _slurm(self) -> SlurmResource:
         if self.slurm is None:
             raise ConfigurationError(

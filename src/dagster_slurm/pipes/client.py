@@ -50,6 +50,7 @@ class SlurmJobRequest:
     uploads: Sequence[tuple[str, str]] = ()  # (local path, remote path)
     keep_run_dir: bool = False
     metadata: Mapping[str, object] = field(default_factory=dict)  # added to the materialization
+    lease_dir: str | None = None  # a file named after the job id goes here, so gc keeps the env
 
 
 def env_file_text(env: Mapping[str, str]) -> str:
@@ -127,9 +128,10 @@ class SlurmPipesClient(PipesClient):
 
     def _submit(self, files: RunFiles, request: SlurmJobRequest) -> str:
         q = shlex.quote
+        lease = f" && {{ touch {q(request.lease_dir)}/\"$jid\" 2>/dev/null || true; }}" if request.lease_dir else ""
         command = (
             f"cd {q(files.run_dir)} && jid=$(sbatch --parsable job.sh) && "
-            f"printf '%s\\n' \"$jid\" > job_id && printf '%s\\n' \"$jid\""
+            f"printf '%s\\n' \"$jid\" > job_id{lease} && printf '%s\\n' \"$jid\""
         )
         try:
             result = self.transport.run(command, timeout=60)

@@ -268,6 +268,32 @@ class SSHTransport:
     def mkdir_p(self, path: str) -> None:
         self._file_op("mkdir", path, lambda sftp: sftp.makedirs(path, exist_ok=True))
 
+    def mkdir(self, path: str) -> None:
+        """Create one directory; fails (RemoteFileError) if it exists. Atomic: usable as a lock."""
+        self._file_op("mkdir", path, lambda sftp: sftp.mkdir(path))
+
+    def touch(self, path: str) -> None:
+        self._file_op("touch", path, lambda sftp: sftp.utime(path))
+
+    def stat_mtime(self, path: str) -> float | None:
+        async def op(sftp: asyncssh.SFTPClient) -> float | None:
+            try:
+                return (await sftp.stat(path)).mtime
+            except asyncssh.SFTPNoSuchFile:
+                return None
+
+        return self._file_op("stat", path, op)
+
+    def listdir(self, path: str) -> list[str] | None:
+        """Names in a remote directory (None if it does not exist)."""
+        async def op(sftp: asyncssh.SFTPClient) -> list[str] | None:
+            try:
+                return [n for n in await sftp.listdir(path) if n not in (".", "..")]
+            except asyncssh.SFTPNoSuchFile:
+                return None
+
+        return self._file_op("list", path, op)
+
     def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         async def op(sftp: asyncssh.SFTPClient) -> None:
             attrs = asyncssh.SFTPAttrs(permissions=mode)

@@ -1,0 +1,103 @@
+"""Locks for one environment build: a local file lock (one packer per machine) and a remote
+directory lock (one uploader per cluster). The remote lock is a directory created atomically
+(also on NFS) whose mtime its holder refreshes; a lock whose mtime stops moving is stale and broken."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shlex
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from dagster_slurm.errors import DagsterSlurmError, RemoteFileError
+
+log = logging.getLogger("dagster_slurm.packaging")
+
+CACHE_HOME = Path(os.environ.get("DAGSTER_SLURM_CACHE", Path.home() / ".cache" / "dagster-slurm"))
+
+
+@contextlib.contextmanager
+def local_lock(name: str, timeout: float) -> Iterator[None]:
+    """Exclusive across processes of this machine; the kernel frees it when a holder dies."""
+    path = CACHE_HOME / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DagsterSlurmError(f"Timed out after {timeout:g} s waiting for the local lock {path}.")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class RemoteLock:
+    def __init__(self, transport, path: str, *, stale_after: float = 60.0, heartbeat: float = 10.0):
+        self.transport = transport
+        self.path = path
+        self.stale_after = stale_after
+        self.heartbeat = heartbeat
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def try_acquire(self) -> bool:
+        try:
+            self.transport.mkdir(self.path)
+        except RemoteFileError:
+            return False
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="dagster-slurm-lock")
+        self._thread.start()
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                self.transport.touch(self.path)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried
+                log.warning("could not refresh lock %s: %s", self.path, exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.transport.run(f"rm -rf -- {shlex.quote(self.path)}", check=False, retry=True)
+
+    def wait_for(self, done: Callable[[], bool], timeout: float, log_fn: Callable[[str], None]) -> bool:
+        """Wait until ``done()`` (another process published) -> False, or we hold the lock -> True."""
+        deadline = time.monotonic() + timeout
+        seen_mtime, seen_at = None, time.monotonic()
+        told = False
+        while True:
+            if done():
+                return False
+            if self.try_acquire():
+                return True
+            mtime = self.transport.stat_mtime(self.path)
+            now = time.monotonic()
+            if mtime != seen_mtime:
+                seen_mtime, seen_at = mtime, now
+            elif mtime is not None and now - seen_at > self.stale_after:
+                log_fn(f"Breaking stale lock {self.path} (not refreshed for {self.stale_after:g} s).")
+                self.transport.run(f"rm -rf -- {shlex.quote(self.path)}", check=False, retry=True)
+                continue
+            if not told:
+                log_fn(f"Another process is building this environment (lock {self.path}); waiting for it.")
+                told = True
+            if now > deadline:
+                raise DagsterSlurmError(
+                    f"Timed out after {timeout:g} s waiting for {self.path}. If no deployment is running, "
+                    f"remove it: rm -rf {self.path}"
+                )
+            time.sleep(0.5)

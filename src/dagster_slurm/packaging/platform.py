@@ -1,0 +1,69 @@
+"""Target platform of the cluster: asked once per process and cluster (``uname -m``)."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from dagster_slurm.errors import ConfigurationError
+
+ARCH_TO_PLATFORM = {
+    "x86_64": "linux-64",
+    "amd64": "linux-64",
+    "aarch64": "linux-aarch64",
+    "arm64": "linux-aarch64",
+    "ppc64le": "linux-ppc64le",
+}
+
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def platform_for_arch(arch: str) -> str:
+    try:
+        return ARCH_TO_PLATFORM[arch.strip()]
+    except KeyError:
+        raise ConfigurationError(
+            f"The edge node reports machine type {arch.strip()!r}, which dagster-slurm cannot map to a "
+            "platform. Set ComputeResource.pack_platform (e.g. 'linux-64')."
+        ) from None
+
+
+def detect_platform(transport) -> str:
+    """The cluster's platform, from one ``uname -m`` per transport (so per process)."""
+    return platform_for_arch(_probe(transport, "uname -m"))
+
+
+def remote_python_version(transport, remote_python: str) -> str:
+    """``major.minor`` of the cluster's ``remote_python`` (asked once per process)."""
+    import shlex
+
+    out = _probe(transport, f"{shlex.quote(remote_python)} -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'",
+                 check=False)
+    if not out.strip() or not out.strip()[0].isdigit():
+        raise ConfigurationError(
+            f"The remote python {remote_python!r} could not be run on the cluster. Set "
+            "ComputeResource.remote_python to an existing interpreter (e.g. /usr/bin/python3)."
+        )
+    return out.strip()
+
+
+def _probe(transport, command: str, check: bool = True) -> str:
+    """Run a read-only fact-finding command once per transport and command."""
+    with _lock:
+        facts = _cache.setdefault(transport, {})
+        if command in facts:
+            return facts[command]
+    out = transport.run(command, retry=True, check=check).stdout
+    with _lock:
+        facts[command] = out
+    return out
+
+
+def resolve_platform(transport, pack_platform: str | None, auto_detect: bool) -> str:
+    """``pack_platform`` wins; else detect if asked; else linux-64 (the common cluster platform)."""
+    if pack_platform:
+        return pack_platform
+    if auto_detect:
+        return detect_platform(transport)
+    return "linux-64"
