@@ -397,6 +397,7 @@ env_lines() {
     printf 'export SLURM_EDGE_NODE_KEY_PATH=%q\n' "$USER_KEY"
     printf 'export TESTCLUSTER_PASSWORD=%q\n' "$(cat "$PASSWORD_FILE")"
     printf 'export TESTCLUSTER_KNOWN_HOSTS=%q\n' "$KNOWN_HOSTS"
+    printf 'export SLURM_EDGE_NODE_KNOWN_HOSTS=%q\n' "$KNOWN_HOSTS"
     printf 'export SLURM_DEPLOYMENT_BASE_PATH=%q\n' "$DEPLOYMENT_BASE_PATH"
 }
 

@@ -18,6 +18,10 @@ itself currently writes 6): tests must hash the lock file's bytes, never a re-se
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import rattler
@@ -88,7 +92,45 @@ def build_pixi_project(dest_dir: Path | str, example_lib_version: str = "1.0") -
     return project
 
 
-if __name__ == "__main__":
-    import sys
+def build_pixi_project_in_subprocess(dest_dir: Path | str, example_lib_version: str = "1.0") -> Path:
+    """``build_pixi_project`` in a child python, so that py-rattler is never loaded into the caller.
 
-    print(build_pixi_project(sys.argv[1], *(sys.argv[2:3])))
+    py-rattler's runtime threads can (rarely, ~1 run in 60 here) abort the interpreter at exit with
+    "PyGILState_Release: thread state ... must be current": a pytest process that imported rattler could then
+    end with SIGABRT after all tests passed. The child leaves with ``os._exit``.
+    """
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.standins.pixi_project", str(dest_dir), example_lib_version],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the pixi project failed ({proc.returncode}): {proc.stderr}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def write_pixi_pack_executables(bin_dir: Path | str) -> dict[str, Path]:
+    """Write ``pixi-pack`` and ``pixi-unpack`` wrappers into ``bin_dir`` (for callers that look them up on PATH).
+
+    ``pixi-pack`` runs ``tests/standins/pixi_pack.py`` with the interpreter running this function (the project
+    venv, which has py-rattler); ``pixi-unpack`` runs ``tests/standins/pixi_unpack.py`` with it.
+    """
+    bin_path = Path(bin_dir)
+    bin_path.mkdir(parents=True, exist_ok=True)
+    here = Path(__file__).resolve().parent
+    written = {}
+    for name, script in (("pixi-pack", "pixi_pack.py"), ("pixi-unpack", "pixi_unpack.py")):
+        target = bin_path / name
+        target.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(here / script))} "$@"\n')
+        target.chmod(0o755)
+        written[name] = target
+    return written
+
+
+if __name__ == "__main__":
+    print(build_pixi_project(sys.argv[1], *(sys.argv[2:3])), flush=True)
+    sys.stderr.flush()
+    os._exit(0)

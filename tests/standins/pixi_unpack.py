@@ -350,6 +350,8 @@ def create_activation_script(output_dir, prefix, shell):
 
 
 def unpack(pack_file, output_dir, env_name, shell="bash", self_extracting=False):
+    if shell not in ("bash", "zsh", "sh"):
+        raise UnpackError("shell %r is not supported by the stand-in (bash, zsh)" % shell)
     output_dir = os.path.abspath(output_dir)
     prefix = os.path.join(output_dir, env_name)
     tmp = tempfile.mkdtemp(prefix="pixi-unpack-")

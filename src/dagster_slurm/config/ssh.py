@@ -96,8 +96,9 @@ class SSHConnectionResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls, prefix: str = ENV_PREFIX, **overrides) -> SSHConnectionResource:
-        """Build the resource from ``SLURM_EDGE_NODE_{HOST,PORT,USER,KEY_PATH,PASSWORD}`` and
-        ``SLURM_EDGE_NODE_{JUMP_HOST,JUMP_USER,JUMP_PORT}``. Keyword arguments override them."""
+        """Build the resource from ``SLURM_EDGE_NODE_{HOST,PORT,USER,KEY_PATH,PASSWORD}``,
+        ``SLURM_EDGE_NODE_{JUMP_HOST,JUMP_USER,JUMP_PORT}`` and ``SLURM_EDGE_NODE_{KNOWN_HOSTS,
+        HOST_KEY_CHECKING}``. Keyword arguments override them."""
         env = os.environ
         host = env.get(prefix + "HOST")
         if not host and "host" not in overrides:
@@ -118,6 +119,8 @@ class SSHConnectionResource(dg.ConfigurableResource):
             ("jump_host", "JUMP_HOST", str),
             ("jump_user", "JUMP_USER", str),
             ("jump_port", "JUMP_PORT", int),
+            ("known_hosts_file", "KNOWN_HOSTS", str),
+            ("host_key_checking", "HOST_KEY_CHECKING", str),
         ):
             raw = env.get(prefix + var)
             if raw:

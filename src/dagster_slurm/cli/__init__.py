@@ -1,0 +1,1 @@
+"""Command line: ``dagster-slurm deploy`` and ``dagster-slurm env list|gc``."""

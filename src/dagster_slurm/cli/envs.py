@@ -1,0 +1,44 @@
+"""``dagster-slurm env list`` and ``env gc``: inspect and prune the environment cache on the cluster."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+
+from dagster_slurm.config.slurm import BASE_PATH_ENV, DEFAULT_REMOTE_BASE
+from dagster_slurm.config.ssh import SSHConnectionResource
+from dagster_slurm.packaging.inventory import Inventory, parse_duration_spec, plan_gc, scan_script
+from dagster_slurm.packaging.packer import RemoteLayout
+from dagster_slurm.transport import get_transport
+
+
+def _inventory() -> tuple[object, RemoteLayout, Inventory]:
+    transport = get_transport(SSHConnectionResource.from_env().settings())
+    layout = RemoteLayout(transport.absolute(os.environ.get(BASE_PATH_ENV) or DEFAULT_REMOTE_BASE))
+    out = transport.run(scan_script(layout), retry=True).stdout
+    return transport, layout, Inventory.parse(out)
+
+
+def run_list(args) -> None:
+    _, layout, inv = _inventory()
+    now = time.time()
+    print(f"{'environment':<34} {'age':>7} {'active jobs':>11}  names")
+    for store in sorted(inv.stores.values(), key=lambda s: -s.mtime):
+        names = ", ".join(inv.names_for(store.path)) or "(unpublished)"
+        print(f"{store.name:<34} {(now - store.mtime) / 3600:>6.1f}h {len(inv.active_leases(store)):>11}  {names}")
+    print(f"{len(inv.stores)} environment(s) under {layout.store}")
+
+
+def run_gc(args) -> None:
+    transport, layout, inv = _inventory()
+    doomed = plan_gc(inv, keep=args.keep, older_than=parse_duration_spec(args.older_than), now=time.time())
+    for store in doomed:
+        print(("would delete " if args.dry_run else "deleting ") + store.path)
+    if doomed and not args.dry_run:
+        q = shlex.quote
+        links = [link for s in doomed for link in inv.links_to(s.path)]
+        transport.run(" ; ".join([*(f"rm -f -- {q(link)}" for link in links),
+                                  *(f"rm -rf -- {q(s.path)}" for s in doomed)]), timeout=3600)
+    print(f"{len(doomed)} environment(s) {'to delete' if args.dry_run else 'deleted'}, "
+          f"{len(inv.stores) - len(doomed)} kept.")

@@ -1,0 +1,97 @@
+"""What the environment cache on the cluster holds, and which entries gc may delete. Parsing and
+planning are pure; one remote script gathers everything (links, store folders, leases, active jobs)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from dagster_slurm.packaging.packer import RemoteLayout
+
+ORPHAN_GRACE_SECONDS = 3600  # an unpublished store folder younger than this may still be building
+
+
+def scan_script(layout: RemoteLayout) -> str:
+    q = shlex.quote
+    return "\n".join([
+        f"for l in {q(layout.envs)}/* {q(layout.base)}/deployments/*; do "
+        "[ -L \"$l\" ] && printf 'LINK|%s|%s\\n' \"$l\" \"$(readlink \"$l\")\"; done",
+        f"for d in {q(layout.store)}/*/; do [ -d \"$d\" ] || continue; d=${{d%/}}; "
+        "m=$(stat -c %Y \"$d\"); u=$(stat -c %Y \"$d/.leases\" 2>/dev/null || echo 0); [ \"$u\" -gt \"$m\" ] && m=$u; "
+        "printf 'STORE|%s|%s|%s|%s\\n' \"$d\" \"$m\" "
+        "\"$([ -f \"$d/.dagster-slurm-env.json\" ] && echo published)\" "
+        "\"$(ls \"$d/.leases\" 2>/dev/null | tr '\\n' ,)\"; done",
+        "printf 'ACTIVE|%s\\n' \"$(squeue -h -u \"$(id -un)\" -o %i 2>/dev/null | tr '\\n' ,)\"",
+        "true",
+    ])
+
+
+@dataclass
+class Store:
+    path: str
+    mtime: float
+    published: bool
+    leases: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass
+class Inventory:
+    stores: dict[str, Store] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # link path -> store path
+    active_jobs: set[str] = field(default_factory=set)
+
+    @classmethod
+    def parse(cls, text: str) -> Inventory:
+        inv = cls()
+        for line in text.splitlines():
+            kind, _, rest = line.partition("|")
+            parts = rest.split("|")
+            if kind == "LINK" and len(parts) == 2:
+                inv.links[parts[0]] = parts[1].rstrip("/")
+            elif kind == "STORE" and len(parts) == 4:
+                inv.stores[parts[0]] = Store(parts[0], float(parts[1] or 0), parts[2] == "published",
+                                             [j for j in parts[3].split(",") if j])
+            elif kind == "ACTIVE":
+                inv.active_jobs = {j for j in rest.split(",") if j}
+        return inv
+
+    def links_to(self, store_path: str) -> list[str]:
+        return [link for link, target in self.links.items() if target == store_path]
+
+    def names_for(self, store_path: str) -> list[str]:
+        return [link.rsplit("/", 2)[-2] + "/" + link.rsplit("/", 1)[-1] for link in self.links_to(store_path)]
+
+    def active_leases(self, store: Store) -> list[str]:
+        return [j for j in store.leases if j in self.active_jobs]
+
+    def is_deployment(self, store: Store) -> bool:
+        return any("/deployments/" in link for link in self.links_to(store.path))
+
+
+def parse_duration_spec(text: str) -> float:
+    """``90s``, ``30m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not m:
+        raise ValueError(f"--older-than {text!r}: use a number with s, m, h, d or w (e.g. 7d).")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+def plan_gc(inv: Inventory, *, keep: int, older_than: float, now: float) -> list[Store]:
+    """Store folders to delete. Never: one a queued or running job leases, a deployment, one of the
+    ``keep`` most recent published ones, one younger than ``older_than``; an unpublished (half-built)
+    folder goes once it is older than an hour."""
+    published = sorted((s for s in inv.stores.values() if s.published), key=lambda s: -s.mtime)
+    protected = {s.path for s in published[:keep]}
+    doomed = []
+    for store in inv.stores.values():
+        if inv.active_leases(store) or inv.is_deployment(store) or store.path in protected:
+            continue
+        age = now - store.mtime
+        if (not store.published and age > ORPHAN_GRACE_SECONDS) or (store.published and age > older_than):
+            doomed.append(store)
+    return sorted(doomed, key=lambda s: s.path)
