@@ -22,32 +22,31 @@ Run it with the project's venv python (``.venv/bin/python tests/standins/pixi_pa
 another python it re-executes itself with ``<repo>/.venv/bin/python`` when that exists.
 """
 
+import importlib.util
 import os
 import sys
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-try:
-    import rattler  # noqa: F401
-except ImportError:  # started by a python without py-rattler: use the project's venv
+if importlib.util.find_spec("rattler") is None:  # started by a python without py-rattler: use the venv
     _venv_python = os.path.join(_REPO, ".venv", "bin", "python")
     if os.path.exists(_venv_python) and os.path.realpath(sys.executable) != os.path.realpath(_venv_python):
         os.execv(_venv_python, [_venv_python, os.path.abspath(__file__), *sys.argv[1:]])
-    raise
+    sys.exit("pixi_pack.py needs py-rattler: run it with the project's venv python")
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import base64  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import platform as _platform  # noqa: E402
-import shutil  # noqa: E402
-import tarfile  # noqa: E402
-import tempfile  # noqa: E402
-import urllib.parse  # noqa: E402
-import urllib.request  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import platform as _platform
+import shutil
+import tarfile
+import tempfile
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
-from rattler import LockFile, PackageRecord, RepoDataRecord  # noqa: E402
+from rattler import LockFile, PackageRecord, RepoDataRecord
 
 PIXI_PACK_FORMAT_VERSION = "1"
 STANDIN_VERSION = "0.0.0+dagster-slurm-standin"
@@ -253,7 +252,9 @@ def pack(args: argparse.Namespace) -> Path:
     lock_platform = next((p for p in env.platforms() if p.name == args.platform), None)
     if lock_platform is None:
         names = ", ".join(sorted(p.name for p in env.platforms()))
-        raise PackError(f"platform not found in lockfile: {args.platform} (environment {args.environment} has {names})")
+        raise PackError(
+            f"platform not found in lockfile: {args.platform} (environment {args.environment} has {names})"
+        )
     subdir = str(lock_platform.subdir) if getattr(lock_platform, "subdir", None) else lock_platform.name
 
     records = env.conda_repodata_records_for_platform(lock_platform) or []
@@ -316,7 +317,11 @@ def pack(args: argparse.Namespace) -> Path:
             log("WARN Currently we cannot verify that injected wheels are compatible with the environment.")
 
         _write_repodata(channel_dir, packages)
-        metadata = {"version": PIXI_PACK_FORMAT_VERSION, "pixi-pack-version": STANDIN_VERSION, "platform": subdir}
+        metadata = {
+            "version": PIXI_PACK_FORMAT_VERSION,
+            "pixi-pack-version": STANDIN_VERSION,
+            "platform": subdir,
+        }
         (pack_dir / "pixi-pack.json").write_text(json.dumps(metadata, indent=2))
         (pack_dir / "environment.yml").write_text(_environment_yml(packages, wheels))
 
@@ -333,12 +338,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("-e", "--environment", default="default", help="Environment to pack")
     parser.add_argument("-p", "--platform", default=current_subdir(), help="Platform to pack")
-    parser.add_argument("manifest_path", nargs="?", default=os.getcwd(),
-                        help="The path to pixi.toml, pyproject.toml, or the project directory")
+    parser.add_argument(
+        "manifest_path",
+        nargs="?",
+        default=os.getcwd(),
+        help="The path to pixi.toml, pyproject.toml, or the project directory",
+    )
     parser.add_argument("-o", "--output-file", help="Output file to write the pack to")
     parser.add_argument("--use-cache", help="Use a cache directory for downloaded packages")
-    parser.add_argument("-i", "--inject", action="extend", nargs="*", default=[],
-                        help="Inject an additional conda package into the final prefix")
+    parser.add_argument(
+        "-i",
+        "--inject",
+        action="extend",
+        nargs="*",
+        default=[],
+        help="Inject an additional conda package into the final prefix",
+    )
     parser.add_argument("--ignore-pypi-non-wheel", action="store_true")
     parser.add_argument("--create-executable", action="store_true", help="Create self-extracting executable")
     parser.add_argument("-v", "--verbose", action="count", default=0)

@@ -103,6 +103,7 @@ def build_pixi_project_in_subprocess(dest_dir: Path | str, example_lib_version: 
     proc = subprocess.run(
         [sys.executable, "-m", "tests.standins.pixi_project", str(dest_dir), example_lib_version],
         cwd=repo,
+        check=False,
         capture_output=True,
         text=True,
         timeout=120,
@@ -124,7 +125,9 @@ def write_pixi_pack_executables(bin_dir: Path | str) -> dict[str, Path]:
     written = {}
     for name, script in (("pixi-pack", "pixi_pack.py"), ("pixi-unpack", "pixi_unpack.py")):
         target = bin_path / name
-        target.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(here / script))} "$@"\n')
+        target.write_text(
+            f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(here / script))} "$@"\n'
+        )
         target.chmod(0o755)
         written[name] = target
     return written

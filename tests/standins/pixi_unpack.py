@@ -45,8 +45,16 @@ def current_platform():
     system = sys.platform
     machine = _platform.machine().lower()
     if system.startswith("linux"):
-        arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "aarch64",
-                "ppc64le": "ppc64le", "s390x": "s390x", "i686": "32", "i386": "32"}.get(machine, machine)
+        arch = {
+            "x86_64": "64",
+            "amd64": "64",
+            "aarch64": "aarch64",
+            "arm64": "aarch64",
+            "ppc64le": "ppc64le",
+            "s390x": "s390x",
+            "i686": "32",
+            "i386": "32",
+        }.get(machine, machine)
         return "linux-" + arch
     if system == "darwin":
         return "osx-arm64" if machine in ("arm64", "aarch64") else "osx-64"
@@ -61,12 +69,12 @@ def safe_extract(tar, dest):
     for member in tar.getmembers():
         target = os.path.realpath(os.path.join(dest_real, member.name))
         if member.name.startswith("/") or not (target == dest_real or target.startswith(dest_real + os.sep)):
-            raise UnpackError("refusing archive member outside the target: %r" % member.name)
+            raise UnpackError(f"refusing archive member outside the target: {member.name!r}")
         if member.islnk() or member.issym():
             link = member.linkname
             base = dest_real if member.islnk() else os.path.dirname(target)
             if os.path.isabs(link) or not os.path.realpath(os.path.join(base, link)).startswith(dest_real):
-                raise UnpackError("refusing link outside the target: %r -> %r" % (member.name, link))
+                raise UnpackError(f"refusing link outside the target: {member.name!r} -> {link!r}")
     if sys.version_info >= (3, 12):
         tar.extractall(dest, filter="tar")
     else:
@@ -75,21 +83,22 @@ def safe_extract(tar, dest):
 
 # ------------------------------------------------------------------------------------------- the pack
 
+
 def decode_self_extracting(script_path, out_tar):
     """Decode the base64 tar between ``@@END_HEADER@@`` and ``@@END_ARCHIVE@@`` of ``script_path``."""
     with open(script_path, "rb") as f:
         data = f.read()
     start = data.find(HEADER_END)
     if start < 0:
-        raise UnpackError("marker @@END_HEADER@@ not found in %s" % script_path)
+        raise UnpackError(f"marker @@END_HEADER@@ not found in {script_path}")
     start += len(HEADER_END)
     end = data.find(ARCHIVE_END, start)
     if end < 0:
-        raise UnpackError("marker @@END_ARCHIVE@@ not found in %s" % script_path)
+        raise UnpackError(f"marker @@END_ARCHIVE@@ not found in {script_path}")
     try:
         payload = base64.b64decode(b"".join(data[start:end].split()), validate=True)
-    except Exception as e:
-        raise UnpackError("the archive embedded in %s is not valid base64: %s" % (script_path, e))
+    except (ValueError, TypeError) as e:  # binascii.Error is a ValueError
+        raise UnpackError(f"the archive embedded in {script_path} is not valid base64: {e}")
     with open(out_tar, "wb") as f:
         f.write(payload)
 
@@ -99,7 +108,7 @@ def unarchive(pack_file, unpack_dir):
         with tarfile.open(pack_file, "r:") as tar:
             safe_extract(tar, unpack_dir)
     except (tarfile.TarError, OSError) as e:
-        raise UnpackError("could not unarchive %s: %s" % (pack_file, e))
+        raise UnpackError(f"could not unarchive {pack_file}: {e}")
 
 
 def validate_metadata(unpack_dir):
@@ -108,13 +117,16 @@ def validate_metadata(unpack_dir):
         with open(path) as f:
             meta = json.load(f)
     except (OSError, ValueError) as e:
-        raise UnpackError("could not read metadata file pixi-pack.json: %s" % e)
+        raise UnpackError(f"could not read metadata file pixi-pack.json: {e}")
     if meta.get("version") != PACK_FORMAT_VERSION:
-        raise UnpackError("Unsupported pixi-pack version: %s" % meta.get("version"))
+        raise UnpackError("Unsupported pixi-pack version: {}".format(meta.get("version")))
     here = current_platform()
     if meta.get("platform") != here and not os.environ.get("PIXI_UNPACK_STANDIN_ANY_PLATFORM"):
-        raise UnpackError("The pack was created for a different platform (%s, this machine is %s)"
-                          % (meta.get("platform"), here))
+        raise UnpackError(
+            "The pack was created for a different platform ({}, this machine is {})".format(
+                meta.get("platform"), here
+            )
+        )
     return meta
 
 
@@ -131,7 +143,7 @@ def collect_packages(channel_dir):
             with open(os.path.join(sub, "repodata.json")) as f:
                 repodata = json.load(f)
         except (OSError, ValueError) as e:
-            raise UnpackError("could not read repodata in subdir %s: %s" % (subdir, e))
+            raise UnpackError(f"could not read repodata in subdir {subdir}: {e}")
         for key in ("packages", "packages.conda"):
             for file_name, record in sorted((repodata.get(key) or {}).items()):
                 packages.append((subdir, file_name, record))
@@ -141,26 +153,30 @@ def collect_packages(channel_dir):
 def verify_archive(path, record):
     file_name = os.path.basename(path)
     if not os.path.isfile(path):
-        raise UnpackError("package %s is listed in repodata.json but missing from the pack" % file_name)
+        raise UnpackError(f"package {file_name} is listed in repodata.json but missing from the pack")
     size = os.path.getsize(path)
     if record.get("size") is not None and size != record["size"]:
-        raise UnpackError("package %s is corrupt: size %d, repodata.json says %d" % (file_name, size, record["size"]))
+        raise UnpackError(f"package {file_name} is corrupt: size {size}, repodata.json says {record['size']}")
     expected = record.get("sha256")
     if not expected:
-        raise UnpackError("package %s has no sha256 in repodata.json" % file_name)
+        raise UnpackError(f"package {file_name} has no sha256 in repodata.json")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != expected:
-        raise UnpackError("package %s is corrupt: sha256 %s, repodata.json says %s" % (file_name, h.hexdigest(), expected))
+        raise UnpackError(
+            f"package {file_name} is corrupt: sha256 {h.hexdigest()}, repodata.json says {expected}"
+        )
 
 
 # ---------------------------------------------------------------------------------- conda archives
 
+
 def zstd_decompress(data, what):
     try:
         from compression import zstd  # Python >= 3.14
+
         return zstd.decompress(data)
     except ImportError:
         pass
@@ -174,12 +190,14 @@ def zstd_decompress(data, what):
         return mod.decompress(data)
     exe = shutil.which("zstd")
     if exe:
-        proc = subprocess.run([exe, "-dc"], input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.run([exe, "-dc"], input=data, capture_output=True, check=False)
         if proc.returncode == 0:
             return proc.stdout
-        raise UnpackError("zstd failed on %s: %s" % (what, proc.stderr.decode(errors="replace").strip()))
-    raise UnpackError("%s is a .conda package (zstd inside) and this python3 has no zstd support and no zstd "
-                      "binary is on PATH" % what)
+        raise UnpackError("zstd failed on {}: {}".format(what, proc.stderr.decode(errors="replace").strip()))
+    raise UnpackError(
+        f"{what} is a .conda package (zstd inside) and this python3 has no zstd support and no zstd "
+        "binary is on PATH"
+    )
 
 
 def extract_package(archive, dest):
@@ -193,16 +211,18 @@ def extract_package(archive, dest):
         elif name.endswith(".conda"):
             with zipfile.ZipFile(archive) as z:
                 inner = [n for n in z.namelist() if n.endswith(".tar.zst")]
-                if not any(n.startswith("info-") for n in inner) or not any(n.startswith("pkg-") for n in inner):
-                    raise UnpackError("%s is not a valid .conda archive (members: %s)" % (name, z.namelist()))
+                if not any(n.startswith("info-") for n in inner) or not any(
+                    n.startswith("pkg-") for n in inner
+                ):
+                    raise UnpackError(f"{name} is not a valid .conda archive (members: {z.namelist()})")
                 for member in sorted(inner):
-                    raw = zstd_decompress(z.read(member), "%s/%s" % (name, member))
+                    raw = zstd_decompress(z.read(member), f"{name}/{member}")
                     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
                         safe_extract(tar, dest)
         else:
-            raise UnpackError("unknown package format: %s" % name)
+            raise UnpackError(f"unknown package format: {name}")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise UnpackError("could not extract %s: %s" % (name, e))
+        raise UnpackError(f"could not extract {name}: {e}")
 
 
 def read_paths(pkg_dir):
@@ -214,7 +234,7 @@ def read_paths(pkg_dir):
     if os.path.isfile(files):
         with open(files) as f:
             return [{"_path": line.strip(), "path_type": "hardlink"} for line in f if line.strip()]
-    raise UnpackError("package in %s has neither info/paths.json nor info/files" % pkg_dir)
+    raise UnpackError(f"package in {pkg_dir} has neither info/paths.json nor info/files")
 
 
 def link_package(pkg_dir, prefix, record, python_version, owners):
@@ -227,16 +247,25 @@ def link_package(pkg_dir, prefix, record, python_version, owners):
         dest_rel = rel
         if noarch == "python":
             if python_version is None:
-                raise UnpackError("%s is a noarch: python package, but the pack has no python package"
-                                  % record.get("name"))
+                raise UnpackError(
+                    "{} is a noarch: python package, but the pack has no python package".format(
+                        record.get("name")
+                    )
+                )
             if rel.startswith("site-packages/"):
-                dest_rel = "lib/python%s/site-packages/%s" % (python_version, rel[len("site-packages/"):])
+                dest_rel = "lib/python{}/site-packages/{}".format(
+                    python_version, rel[len("site-packages/") :]
+                )
             elif rel.startswith("python-scripts/"):
-                dest_rel = "bin/" + rel[len("python-scripts/"):]
+                dest_rel = "bin/" + rel[len("python-scripts/") :]
         src = os.path.join(pkg_dir, rel)
         dst = os.path.join(prefix, dest_rel)
         if dest_rel in owners:
-            log("warning: %s (from %s) overwrites the file of %s" % (dest_rel, record.get("name"), owners[dest_rel]))
+            log(
+                "warning: {} (from {}) overwrites the file of {}".format(
+                    dest_rel, record.get("name"), owners[dest_rel]
+                )
+            )
         owners[dest_rel] = record.get("name")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if os.path.lexists(dst):
@@ -254,7 +283,7 @@ def link_package(pkg_dir, prefix, record, python_version, owners):
                 old, new = placeholder.encode(), os.path.abspath(prefix).encode()
                 if entry.get("file_mode") == "binary":
                     if len(new) > len(old):
-                        raise UnpackError("prefix %s is longer than the placeholder of %s" % (prefix, rel))
+                        raise UnpackError(f"prefix {prefix} is longer than the placeholder of {rel}")
                     content = _replace_binary(content, old, new)
                 else:
                     content = content.replace(old, new)
@@ -291,6 +320,7 @@ def _replace_binary(content, old, new):
 
 # --------------------------------------------------------------------------------------- the prefix
 
+
 def shell_quote(s):
     return "'" + s.replace("'", "'\"'\"'") + "'"
 
@@ -300,7 +330,7 @@ def create_prefix(unpack_dir, prefix):
     packages = collect_packages(channel_dir)
     for subdir, file_name, record in packages:
         verify_archive(os.path.join(channel_dir, subdir, file_name), record)
-    log("Extracting and installing %d packages to %s..." % (len(packages), prefix))
+    log(f"Extracting and installing {len(packages)} packages to {prefix}...")
     python_version = None
     for _, _, record in packages:
         if record.get("name") == "python":
@@ -310,22 +340,28 @@ def create_prefix(unpack_dir, prefix):
     owners = {}
     for subdir, file_name, record in packages:
         archive = os.path.join(channel_dir, subdir, file_name)
-        stem = file_name[: -len(".tar.bz2")] if file_name.endswith(".tar.bz2") else os.path.splitext(file_name)[0]
+        stem = (
+            file_name[: -len(".tar.bz2")]
+            if file_name.endswith(".tar.bz2")
+            else os.path.splitext(file_name)[0]
+        )
         pkg_dir = os.path.join(cache, stem)
         extract_package(archive, pkg_dir)
         files, paths_data = link_package(pkg_dir, prefix, record, python_version, owners)
         meta = dict(record)
-        meta.update({
-            "fn": file_name,
-            "url": "file://" + os.path.abspath(archive),
-            "channel": None,
-            "files": files,
-            "paths_data": {"paths_version": 1, "paths": paths_data},
-            "extracted_package_dir": pkg_dir,
-            "package_tarball_full_path": os.path.abspath(archive),
-            "link": {"source": pkg_dir, "type": 1},
-        })
-        meta_name = "%s-%s-%s.json" % (record["name"], record["version"], record["build"])
+        meta.update(
+            {
+                "fn": file_name,
+                "url": "file://" + os.path.abspath(archive),
+                "channel": None,
+                "files": files,
+                "paths_data": {"paths_version": 1, "paths": paths_data},
+                "extracted_package_dir": pkg_dir,
+                "package_tarball_full_path": os.path.abspath(archive),
+                "link": {"source": pkg_dir, "type": 1},
+            }
+        )
+        meta_name = "{}-{}-{}.json".format(record["name"], record["version"], record["build"])
         with open(os.path.join(prefix, "conda-meta", meta_name), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
     with open(os.path.join(prefix, "conda-meta", "history"), "w") as f:
@@ -335,23 +371,23 @@ def create_prefix(unpack_dir, prefix):
 
 def create_activation_script(output_dir, prefix, shell):
     if shell not in ("bash", "zsh", "sh"):
-        raise UnpackError("shell %r is not supported by the stand-in (bash, zsh)" % shell)
+        raise UnpackError(f"shell {shell!r} is not supported by the stand-in (bash, zsh)")
     lines = [
-        "export PATH=%s\"${PATH:+:${PATH}}\"" % shell_quote(os.path.join(prefix, "bin")),
-        "export CONDA_PREFIX=%s" % shell_quote(prefix),
+        'export PATH={}"${{PATH:+:${{PATH}}}}"'.format(shell_quote(os.path.join(prefix, "bin"))),
+        f"export CONDA_PREFIX={shell_quote(prefix)}",
     ]
     activate_d = os.path.join(prefix, "etc", "conda", "activate.d")
     if os.path.isdir(activate_d):
         for name in sorted(os.listdir(activate_d)):
             if name.endswith(".sh"):
-                lines.append(". %s" % shell_quote(os.path.join(activate_d, name)))
+                lines.append(f". {shell_quote(os.path.join(activate_d, name))}")
     with open(os.path.join(output_dir, "activate.sh"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
 def unpack(pack_file, output_dir, env_name, shell="bash", self_extracting=False):
     if shell not in ("bash", "zsh", "sh"):
-        raise UnpackError("shell %r is not supported by the stand-in (bash, zsh)" % shell)
+        raise UnpackError(f"shell {shell!r} is not supported by the stand-in (bash, zsh)")
     output_dir = os.path.abspath(output_dir)
     prefix = os.path.join(output_dir, env_name)
     tmp = tempfile.mkdtemp(prefix="pixi-unpack-")
@@ -371,16 +407,24 @@ def unpack(pack_file, output_dir, env_name, shell="bash", self_extracting=False)
         create_activation_script(output_dir, prefix, shell)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log("Finished unpacking to %s." % output_dir)
+    log(f"Finished unpacking to {output_dir}.")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="pixi-unpack", description="Unpack an environment packed with pixi-pack")
+    parser = argparse.ArgumentParser(
+        prog="pixi-unpack", description="Unpack an environment packed with pixi-pack"
+    )
     parser.add_argument("pack_file", help="Path to an environment packed using pixi-pack")
-    parser.add_argument("-o", "--output-directory", default=os.getcwd(),
-                        help="Where to unpack the environment [default: current directory]")
+    parser.add_argument(
+        "-o",
+        "--output-directory",
+        default=os.getcwd(),
+        help="Where to unpack the environment [default: current directory]",
+    )
     parser.add_argument("-e", "--env-name", default="env", help="Name of the environment [default: env]")
-    parser.add_argument("-s", "--shell", default="bash", help="Shell of the activation script [default: bash]")
+    parser.add_argument(
+        "-s", "--shell", default="bash", help="Shell of the activation script [default: bash]"
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("-q", "--quiet", action="count", default=0)
     parser.add_argument("--self-extracting", action="store_true", help=argparse.SUPPRESS)
@@ -388,10 +432,10 @@ def main(argv=None):
     try:
         unpack(args.pack_file, args.output_directory, args.env_name, args.shell, args.self_extracting)
     except UnpackError as e:
-        log("Error: %s" % e)
+        log(f"Error: {e}")
         return 1
-    except Exception as e:  # any other failure must still be a clean non-zero exit
-        log("Error: %s: %s" % (type(e).__name__, e))
+    except Exception as e:  # noqa: BLE001 - any other failure must still be a clean non-zero exit
+        log(f"Error: {type(e).__name__}: {e}")
         return 1
     return 0
 

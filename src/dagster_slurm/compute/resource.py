@@ -18,7 +18,7 @@ from dagster_slurm.compute.local import run_local
 from dagster_slurm.compute.options import resolve_run_options
 from dagster_slurm.config.run import SlurmRunConfig
 from dagster_slurm.config.slurm import DEFAULT_REMOTE_BASE, SlurmResource
-from dagster_slurm.errors import ConfigurationError
+from dagster_slurm.errors import ConfigurationError, RemoteFileError
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
 from dagster_slurm.slurm.script import job_name, queue_directives
@@ -26,6 +26,22 @@ from dagster_slurm.slurm.watcher import watcher_for
 from dagster_slurm.transport import get_transport
 
 RESOURCES_METADATA_KEY = "slurm_resources"
+_bases_ready: set[tuple[int, str]] = set()
+
+
+def ensure_base(transport, remote_base: str) -> str:
+    """Absolute deployment base, created once per process; unwritable is a clear error."""
+    base = transport.absolute(remote_base)
+    if (id(transport), base) not in _bases_ready:
+        try:
+            transport.mkdir_p(f"{base}/runs")
+        except RemoteFileError as exc:
+            raise ConfigurationError(
+                f"Cannot create {base}/runs on the cluster ({exc}). Set SlurmResource.remote_base "
+                f"(SLURM_DEPLOYMENT_BASE_PATH) to a folder you can write, with free space and inodes."
+            ) from None
+        _bases_ready.add((id(transport), base))
+    return base
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -142,7 +158,7 @@ class ComputeResource(dg.ConfigurableResource):
         slurm = self._slurm()
         transport = get_transport(slurm.ssh.settings())
         watcher = watcher_for(transport, slurm.poll_interval_min, slurm.poll_interval_max)
-        base = transport.absolute(slurm.remote_base or DEFAULT_REMOTE_BASE)
+        base = ensure_base(transport, slurm.remote_base or DEFAULT_REMOTE_BASE)
         run_id, step_key, partition, retry = run_identity(context)
         run_dir = f"{base}/runs/{run_id}/{job_name(step_key, partition)}-r{retry}"
 

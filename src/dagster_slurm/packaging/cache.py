@@ -131,7 +131,13 @@ def _build(transport: Transport, layout: RemoteLayout, packer: Packer, key: str,
         log(f"Published environment {path} -> {staging} (upload {figures['upload_seconds']:.1f} s, "
             f"unpack {figures['unpack_seconds']:.1f} s).")
         return figures
-    except (RemoteFileError, DagsterSlurmError):
+    except RemoteFileError as exc:
+        transport.run(f"rm -rf -- {shlex.quote(staging)}", check=False)
+        raise DagsterSlurmError(
+            f"Uploading the environment failed: {exc}. Check that SLURM_DEPLOYMENT_BASE_PATH "
+            f"({layout.base}) is writable and has free space and inodes (quota)."
+        ) from None
+    except DagsterSlurmError:
         transport.run(f"rm -rf -- {shlex.quote(staging)}", check=False)
         raise
     finally:

@@ -45,8 +45,8 @@ def normalise_command(cmd: Sequence[str] | str) -> list[str]:
     return [p for p in (part.strip() for part in parts) if p]
 
 
-def files_for_key(pack_cmd: Sequence[str], cwd: Path, cache_inject_globs: Sequence[str] | None) -> list[Path]:
-    files = [p.resolve() for p in inject_files(pack_cmd, cwd)]
+def files_for_key(pack_cmd: Sequence[str] | str, cwd: Path, cache_inject_globs: Sequence[str] | None) -> list[Path]:
+    files = [p.resolve() for p in inject_files(normalise_command(pack_cmd), cwd)]
     if cache_inject_globs is not None:
         allowed = glob_files(cache_inject_globs, cwd)
         files = [p for p in files if p in allowed]

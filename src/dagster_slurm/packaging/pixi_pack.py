@@ -26,15 +26,20 @@ DEFAULT_PACK_CMD = [
 
 
 def declared_output(cmd: Sequence[str]) -> str | None:
-    """The artefact a pixi-pack command says it writes: ``-o``/``--output-file``, or pixi-pack's default."""
+    """The artefact a pixi-pack command says it writes: ``-o``/``--output-file``, or pixi-pack's default.
+    With ``--create-executable`` pixi-pack writes a ``.sh`` even when told ``-o x.tar``."""
     args = list(cmd)
+    executable = "--create-executable" in args
     for i, arg in enumerate(args):
+        value = None
         if arg in ("-o", "--output-file") and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith("--output-file="):
-            return arg.split("=", 1)[1]
-    if any(Path(a).name == "pixi-pack" or a == "pack" for a in args):
-        return "environment.sh" if "--create-executable" in args else "environment.tar"
+            value = args[i + 1]
+        elif arg.startswith("--output-file="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            return value[: -len(".tar")] + ".sh" if executable and value.endswith(".tar") else value
+    if any(Path(a).name.startswith("pixi-pack") or a == "pack" for a in args):
+        return "environment.sh" if executable else "environment.tar"
     return None
 
 

@@ -201,10 +201,11 @@ class UvPacker:
             f"glibc >= 2.{MANYLINUX.split('_')[1]} (manylinux_{MANYLINUX})' % (ver or libc or 'unknown'))\n"
             "if problems: sys.exit('dagster-slurm: remote python ' + sys.executable + ': ' + '; '.join(problems))\n"
         )
+        missing = q(f"dagster-slurm: the remote python {self.remote_python!r} was not found on the cluster: set "
+                    "ComputeResource.remote_python to an existing interpreter (e.g. /usr/bin/python3 or a "
+                    "module-provided one)")
         return "\n".join([
-            f"PY=$(command -v {q(self.remote_python)}) || {{ echo 'dagster-slurm: the remote python "
-            f"{self.remote_python!r} was not found on the cluster: set ComputeResource.remote_python to an "
-            "existing interpreter (e.g. /usr/bin/python3 or a module-provided one)' >&2; exit 43; }",
+            f"PY=$(command -v {q(self.remote_python)}) || {{ echo {missing} >&2; exit 43; }}",
             f"\"$PY\" -c {q(check)}",
             f"(cd {q(layout.wheels)} && sha256sum -c --quiet {art}/wheels.sha256) || "
             "{ echo 'dagster-slurm: checksum mismatch in the wheel store: nothing was installed' >&2; exit 41; }",

@@ -1,0 +1,20 @@
+"""Helper process: ensure the uv environment of LOCK under BASE exists; print HIT/MISS and its path."""
+
+import sys
+from pathlib import Path
+
+from dagster_slurm import SSHConnectionResource
+from dagster_slurm.packaging.cache import ensure_environment
+from dagster_slurm.packaging.cache_key import compute_cache_key
+from dagster_slurm.packaging.packer import RemoteLayout
+from dagster_slurm.packaging.uv_packer import UvPacker
+from dagster_slurm.transport import get_transport
+
+if __name__ == "__main__":
+    base, lock = sys.argv[1], Path(sys.argv[2])
+    transport = get_transport(SSHConnectionResource.from_env().settings())
+    packer = UvPacker(lock, "linux-64", "3.11")
+    key = compute_cache_key(lock.read_bytes(), packer.key_command(), packer.platform, [])
+    result = ensure_environment(transport, RemoteLayout(base), packer, key, stale_after=1.5,
+                                log=lambda m: print(m, file=sys.stderr))
+    print("HIT" if result.cache_hit else "MISS", result.path, flush=True)
