@@ -114,7 +114,8 @@ def build_pixi_project_in_subprocess(dest_dir: Path | str, example_lib_version: 
 
 
 def write_pixi_pack_executables(bin_dir: Path | str) -> dict[str, Path]:
-    """Write ``pixi-pack`` and ``pixi-unpack`` wrappers into ``bin_dir`` (for callers that look them up on PATH).
+    """Write ``pixi-pack``, ``pixi-unpack`` and ``pixi`` (``pixi run TASK`` only) wrappers into ``bin_dir``
+    (for callers that look them up on PATH).
 
     ``pixi-pack`` runs ``tests/standins/pixi_pack.py`` with the interpreter running this function (the project
     venv, which has py-rattler); ``pixi-unpack`` runs ``tests/standins/pixi_unpack.py`` with it.
@@ -123,7 +124,7 @@ def write_pixi_pack_executables(bin_dir: Path | str) -> dict[str, Path]:
     bin_path.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).resolve().parent
     written = {}
-    for name, script in (("pixi-pack", "pixi_pack.py"), ("pixi-unpack", "pixi_unpack.py")):
+    for name, script in (("pixi-pack", "pixi_pack.py"), ("pixi-unpack", "pixi_unpack.py"), ("pixi", "pixi_run.py")):
         target = bin_path / name
         target.write_text(
             f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(here / script))} "$@"\n'
