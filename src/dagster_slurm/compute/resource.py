@@ -203,7 +203,8 @@ class ComputeResource(dg.ConfigurableResource):
             metadata={"slurm_environment": env_path, **env.metadata},
             lease_dir=f"{env_path}/.leases" if env.packed else None,
         )
-        client = SlurmPipesClient(transport, watcher, job_timeout=slurm.job_timeout)
+        client = SlurmPipesClient(transport, watcher, job_timeout=slurm.job_timeout,
+                                  output_poll_max=slurm.output_poll_interval_max)
         return client.run(context=context, request=request, extras=extras)
 
     # -- helpers

@@ -41,6 +41,11 @@ class SlurmResource(dg.ConfigurableResource):
     poll_interval_max: float = Field(
         default=10.0, description="Upper bound, in seconds, that polling backs off to while nothing changes."
     )
+    output_poll_interval_max: float = Field(
+        default=0.5,
+        description="Upper bound, in seconds, between reads of a running job's Pipes messages, stdout and "
+        "stderr (over SFTP, no Slurm load). It also bounds how late the job's end is noticed.",
+    )
     job_timeout: float | None = Field(
         default=None,
         description="Optional bound, in seconds, on waiting for a job (queue time included). "

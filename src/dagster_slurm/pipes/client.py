@@ -63,10 +63,12 @@ def env_file_text(env: Mapping[str, str]) -> str:
 class SlurmPipesClient(PipesClient):
     """Runs one payload as a Slurm batch job and streams its Pipes messages back."""
 
-    def __init__(self, transport: Transport, watcher: JobWatcher, *, job_timeout: float | None = None):
+    def __init__(self, transport: Transport, watcher: JobWatcher, *, job_timeout: float | None = None,
+                 output_poll_max: float = 0.5):
         self.transport = transport
         self.watcher = watcher
         self.job_timeout = job_timeout
+        self.output_poll_max = output_poll_max
 
     def run(  # type: ignore[override]
         self,
@@ -77,7 +79,7 @@ class SlurmPipesClient(PipesClient):
     ) -> PipesClientCompletedInvocation:
         files = RunFiles(request.run_dir)
         reader = SlurmRunMessageReader(self.transport, files, on_exit=self.watcher.poke,
-                                       min_interval=self.watcher.min_interval)
+                                       min_interval=self.watcher.min_interval, max_interval=self.output_poll_max)
         with open_pipes_session(
             context=context, context_injector=PipesEnvContextInjector(), message_reader=reader, extras=extras
         ) as session:
@@ -88,6 +90,7 @@ class SlurmPipesClient(PipesClient):
                 self._stage(request, {**request.env, **session.get_bootstrap_env_vars()})
                 job_id = self._submit(files, request)
                 context.log.info(f"Submitted Slurm job {job_id} ({request.job_name}); run folder {files.run_dir}")
+            reader.start()
             acct = self._wait(context, job_id)
             reader.drain()
             self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files)

@@ -71,7 +71,7 @@ class SlurmRunMessageReader(PipesMessageReader):
     """A ``PipesMessageReader`` that tails a Slurm run's files on the cluster."""
 
     def __init__(self, transport: Transport, files: RunFiles, *, on_exit: Callable[[], None] = lambda: None,
-                 min_interval: float = 0.1, max_interval: float = 2.0, forward_stdio: bool = True):
+                 min_interval: float = 0.1, max_interval: float = 0.5, forward_stdio: bool = True):
         self._transport = transport
         self.files = files
         self._on_exit = on_exit
@@ -79,6 +79,7 @@ class SlurmRunMessageReader(PipesMessageReader):
         self._forward = forward_stdio
         self.state = TailState()
         self._stop = threading.Event()
+        self._started = threading.Event()
         self._handler: PipesMessageHandler | None = None
         self._lock = threading.Lock()
 
@@ -98,6 +99,10 @@ class SlurmRunMessageReader(PipesMessageReader):
         finally:
             self._stop.set()
             thread.join(timeout=60)
+
+    def start(self) -> None:
+        """Begin tailing (the job was submitted, so its files may appear)."""
+        self._started.set()
 
     def no_messages_debug_text(self) -> str:
         return (
@@ -158,6 +163,9 @@ class SlurmRunMessageReader(PipesMessageReader):
 
     def _loop(self) -> None:
         interval = self._min
+        while not self._started.wait(0.1):
+            if self._stop.is_set():
+                return
         while not self._stop.is_set():
             try:
                 got = self.poll_once()

@@ -64,7 +64,8 @@ class JobWatcher:
                 handle = self._jobs[job_id] = JobHandle(job_id)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="dagster-slurm-watcher", daemon=True)
-                self._thread.start()
+                self._thread.start()  # its first tick polls at once
+                return handle
         self.poke()
         return handle
 
