@@ -144,8 +144,8 @@ def _floor_script(run_dir: str, env_path: str, pipes_env: dict) -> str:
     lines = ["#!/bin/bash"] + [f"#SBATCH --{k}={q(v)}" for k, v in sorted(directives.items())]
     lines += [f"export {k}={q(v)}" for k, v in pipes_env.items()]
     lines += [f". {q(env_path + '/activate.sh')} || exit 97", f"python {q(run_dir + '/payload.py')}", "rc=$?",
-              f'printf "%s\\n" "$rc" > {q(run_dir + "/exit_code.tmp")} && '
-              f'mv -f {q(run_dir + "/exit_code.tmp")} {q(run_dir + "/exit_code")}', 'exit "$rc"']
+              (f'printf "%s\\n" "$rc" > {q(run_dir + "/exit_code.tmp")} && '
+              f'mv -f {q(run_dir + "/exit_code.tmp")} {q(run_dir + "/exit_code")}'), 'exit "$rc"']
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +235,13 @@ def child_floor(t_proc: float, env_path: str, out: str, sleep: float) -> None:
         rec["job_end"] = os.stat(f"{run_dir}/exit_code").st_mtime
     except OSError:
         rec["job_end"] = None
+    try:  # the payload's start as it logged it (the messages file nobody read during the run)
+        for line in Path(f"{run_dir}/messages.jsonl").read_text().splitlines():
+            if "hello from the payload t=" in line:
+                msg = json.loads(line)["params"]["message"]
+                rec["t_payload_log"] = float(msg.rsplit("t=", 1)[1].split()[0])
+    except (OSError, ValueError, KeyError):
+        pass
     rec["run_dir"] = run_dir
     rec["t_done"] = time.time()
     Path(out).write_text(json.dumps(rec))
@@ -278,7 +285,7 @@ def derive_dagster(rec: dict, wall: float) -> dict:
     rm1 = _first(ops, lambda o: o["kind"] == "cmd" and o["what"].startswith("rm -rf"), "t1")
     first_op = min((o["t0"] for o in ops), default=None)
     end = rec.get("job_end")
-    rel = lambda t, ref: None if t is None or ref is None else t - ref  # noqa: E731
+    rel = lambda t, ref: None if t is None or ref is None else t - ref
     d["sftp_ops_before_sbatch"] = sum(1 for o in ops if o["kind"] == "sftp" and sb0 is not None and o["t0"] < sb0)
     d["first_remote_op_incl_connect"] = next((o["t1"] - o["t0"] for o in ops), None)
     d["squeue_polls"] = sum(1 for o in ops if o["kind"] == "cmd" and "squeue" in o["what"])
@@ -302,6 +309,9 @@ def derive_dagster(rec: dict, wall: float) -> dict:
         "job_end_to_step_success": rel(success, end),
         "step_success_to_process_exit": rel(rec["t_proc"] + wall, success),
     }
+    d["sched_launch"] = rel(ev.get("t_payload_log"), sb1)
+    d["step_excl_sched_launch"] = None if d["sched_launch"] is None or d["step"] is None else d["step"] - d["sched_launch"]
+    d["sbatch_phase"] = None if sb1 is None else sb1 % 1.0
     d["end_noticed_lag"] = rel(sacct1, end)  # the library has the final state (handle done) here
     d["end_to_step_success"] = rel(success, end)
     return d
@@ -309,7 +319,10 @@ def derive_dagster(rec: dict, wall: float) -> dict:
 
 def derive_floor(rec: dict, wall: float) -> dict:
     t = rec
+    sched = t["t_payload_log"] - t["t_sbatch_done"] if "t_payload_log" in t else None
     return {
+        "sched_launch": sched, "wall_excl_sched_launch": None if sched is None else wall - sched,
+        "sbatch_phase": t["t_sbatch_done"] % 1.0,
         "wall": wall, "connections": 1, "channels": rec["channels"], "commands": rec["commands"],
         "commands_before_sbatch": 0, "job_id": rec["job_id"], "squeue_polls": rec["polls"],
         "final_state": rec.get("final_state"),
@@ -323,6 +336,7 @@ def derive_floor(rec: dict, wall: float) -> dict:
             "sbatch_round_trip": t["t_sbatch_done"] - t["t_sbatch_sent"],
             "sbatch_done_to_running_seen": (t["t_running_seen"] - t["t_sbatch_done"]) if "t_running_seen" in t
             else None,
+            "sbatch_done_to_payload_log": sched,
             "sbatch_done_to_job_end": None if not t.get("job_end") else t["job_end"] - t["t_sbatch_done"],
             "job_end_to_seen_finished": None if not t.get("job_end") else t["t_seen_finished"] - t["job_end"],
             "seen_finished_to_process_exit": t["t_proc"] + wall - t["t_seen_finished"],
@@ -332,7 +346,7 @@ def derive_floor(rec: dict, wall: float) -> dict:
 
 # =============================================================================================== parent
 def load_cluster_env() -> None:
-    if subprocess.run([str(ROOT / "scripts" / "testcluster.sh"), "status"], capture_output=True).returncode != 0:
+    if subprocess.run([str(ROOT / "scripts" / "testcluster.sh"), "status"], capture_output=True, check=False).returncode != 0:
         print("starting the test cluster ...", file=sys.stderr)
         subprocess.run([str(ROOT / "scripts" / "testcluster.sh"), "start"], check=True)
     text = subprocess.run([str(ROOT / "scripts" / "testcluster.sh"), "env"], capture_output=True, text=True,
@@ -342,6 +356,16 @@ def load_cluster_env() -> None:
             key, _, value = line[len("export "):].partition("=")
             os.environ[key] = shlex.split(value)[0] if value else ""
     os.environ.pop("SLURM_EDGE_NODE_PASSWORD", None)  # key auth only
+
+
+def src_fingerprint() -> str:
+    """Hash of the library source the children import: another engineer may edit src/ while we run."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def run_child(variant: str, env_path: str, tmp: str, sleep: float) -> dict:
@@ -381,6 +405,10 @@ def main() -> None:
     ap.add_argument("--payload-sleep", type=float, default=0.0,
                     help="payload sleeps this long (silently) between its log line and its metadata; "
                          "results then go to bench/results/step_time-sleepS.json")
+    ap.add_argument("--jitter", type=float, default=1.0,
+                    help="sleep a random 0..JITTER s before each run (default 1): slurmctld allocates pending "
+                         "jobs on a ~1 s tick, so without it the variant order could fix each variant's phase")
+    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--child", choices=["local", "slurm", "floor"], help=argparse.SUPPRESS)
     ap.add_argument("--t-proc", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--env-path", help=argparse.SUPPRESS)
@@ -403,12 +431,21 @@ def main() -> None:
     env_path = make_pipes_env(admin, ENV_REL)
     admin.mkdir_p(admin.absolute(f"{BENCH_BASE}/floor"))
     variants = args.variants.split(",")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True,
+                           check=False).stdout.strip()
+    source = {"git_head": head, "src_dirty": bool(dirty), "src_hash_start": src_fingerprint()}
+    import random
+
+    rng = random.Random(args.seed)
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="step-time-") as tmp:
         for rnd in range(args.warmup + args.runs):
             order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
             for variant in order:
                 others = admin.run("squeue -h | wc -l", check=False).stdout.strip()
+                time.sleep(rng.uniform(0, args.jitter))
                 r = run_child(variant, env_path, tmp, args.payload_sleep)
                 r.update(round=rnd, warmup=rnd < args.warmup, jobs_in_queue_before=int(others or 0))
                 results.append(r)
@@ -436,6 +473,9 @@ def main() -> None:
             job_end = r["raw"].get("job_end")
             r["sacct_end_minus_exit_mtime"] = None if end is None or job_end is None else end - job_end
 
+    source["src_hash_end"] = src_fingerprint()
+    if source["src_hash_end"] != source["src_hash_start"]:
+        print("WARNING: src/ changed while the benchmark ran; runs may mix library versions", file=sys.stderr)
     measured = [r for r in results if not r["warmup"]]
     by = {v: [r for r in measured if r["variant"] == v] for v in variants}
     summary = {}
@@ -449,10 +489,13 @@ def main() -> None:
 
     names = {"local": "dagster-slurm, local mode", "slurm": "dagster-slurm, slurm mode",
              "floor": "tight floor: SFTP + sbatch, squeue every 0.1 s, one connection"}
-    lines = [f"Medians of {args.runs} runs (interleaved; {args.warmup} warm-up round(s) discarded)"
+    lines = [f"Library at {source['git_head']}{' + uncommitted src changes' if source['src_dirty'] else ''} "
+             f"(src hash {source['src_hash_start']}"
+             + ("" if source["src_hash_end"] == source["src_hash_start"] else " -> CHANGED DURING THE RUN") + ").",
+             f"Medians of {args.runs} runs (interleaved; {args.warmup} warm-up round(s) discarded)"
              + (f"; payload sleeps {args.payload_sleep:g} s" if args.payload_sleep else "") + ".", "",
-             "| variant | wall (process start to exit) | step (STEP_START -> STEP_SUCCESS) | SSH connections "
-             "| SSH channels | remote commands | commands before sbatch | end-noticed lag |",
+             ("| variant | wall (process start to exit) | step (STEP_START -> STEP_SUCCESS) | SSH connections "
+             "| SSH channels | remote commands | commands before sbatch | end-noticed lag |"),
              "|---|---|---|---|---|---|---|---|"]
     for v in variants:
         s = summary[v]
@@ -468,20 +511,33 @@ def main() -> None:
         ratios = {"slurm_step_over_floor_wall": sl["step"] / fl["wall"],
                   "slurm_step_over_floor_connect_to_seen": sl["step"] / fl["connect_to_seen_finished"],
                   "slurm_wall_over_floor_wall": sl["wall"] / fl["wall"]}
+        if sl.get("step_excl_sched_launch") is not None and fl.get("wall_excl_sched_launch") is not None:
+            pooled = med([r.get("sched_launch") for r in measured if r["variant"] in ("slurm", "floor")])
+            ratios["sched_launch_pooled_median"] = pooled
+            ratios["slurm_step_over_floor_wall_at_equal_slurm_wait"] = (
+                (sl["step_excl_sched_launch"] + pooled) / (fl["wall_excl_sched_launch"] + pooled))
         if "local" in summary and summary["local"].get("step"):
             ratios["slurm_step_minus_local_step"] = sl["step"] - summary["local"]["step"]
         lines += ["", f"- slurm step / floor wall: **{ratios['slurm_step_over_floor_wall']:.2f}x** (target <= 1.3x)",
-                  f"- slurm step / floor connect->seen-finished ({fl['connect_to_seen_finished']:.2f} s): "
-                  f"{ratios['slurm_step_over_floor_connect_to_seen']:.2f}x",
+                  (f"- slurm step / floor connect->seen-finished ({fl['connect_to_seen_finished']:.2f} s): "
+                  f"{ratios['slurm_step_over_floor_connect_to_seen']:.2f}x"),
                   f"- slurm wall / floor wall: {ratios['slurm_wall_over_floor_wall']:.2f}x"]
+        if "sched_launch_pooled_median" in ratios:
+            lines += [
+                (f"- Slurm's own share, sbatch returned -> payload started (scheduler tick + launch): slurm mode "
+                f"{fmt_s(sl.get('sched_launch'), 3)}, floor {fmt_s(fl.get('sched_launch'), 3)} (medians)"),
+                (f"- without it: slurm step {fmt_s(sl.get('step_excl_sched_launch'), 3)}, floor wall "
+                f"{fmt_s(fl.get('wall_excl_sched_launch'), 3)}; at the pooled median Slurm share "
+                f"({ratios['sched_launch_pooled_median']:.3f} s) slurm step / floor wall = "
+                f"**{ratios['slurm_step_over_floor_wall_at_equal_slurm_wait']:.2f}x**")]
     if "slurm" in summary:
         lines += ["", "Where the slurm-mode step goes (medians, seconds):", ""]
         lines += [f"- {k}: {fmt_s(v, 3)}" for k, v in summary["slurm"]["profile"].items()]
-        lines += [f"- first remote op (SFTP realpath, includes the connect): "
+        lines += [(f"- first remote op (SFTP realpath, includes the connect): "
                   f"{fmt_s(summary['slurm'].get('first_remote_op_incl_connect'), 3)}; SFTP ops before sbatch: "
-                  f"{fmt_n(summary['slurm'].get('sftp_ops_before_sbatch'))}"]
-        lines += [f"- squeue polls / sacct calls / SFTP reads per run: {fmt_n(summary['slurm'].get('squeue_polls'))}"
-                  f" / {fmt_n(summary['slurm'].get('sacct_calls'))} / {fmt_n(summary['slurm'].get('sftp_reads'))}"]
+                  f"{fmt_n(summary['slurm'].get('sftp_ops_before_sbatch'))}")]
+        lines += [(f"- squeue polls / sacct calls / SFTP reads per run: {fmt_n(summary['slurm'].get('squeue_polls'))}"
+                  f" / {fmt_n(summary['slurm'].get('sacct_calls'))} / {fmt_n(summary['slurm'].get('sftp_reads'))}")]
         sample = next((r for r in measured if r["variant"] == "slurm"), None)
         if sample:
             lines += ["", "Remote commands of one slurm-mode run, in order:", ""]
@@ -500,7 +556,7 @@ def main() -> None:
         f"step_time-sleep{args.payload_sleep:g}.json")
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps({"args": vars(args), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                   "summary": summary, "ratios": ratios, "runs": results, "table": table},
+                                   "source": source, "summary": summary, "ratios": ratios, "runs": results, "table": table},
                                   indent=1, default=str))
     print(f"\nraw results: {results_file.relative_to(ROOT)}", file=sys.stderr)
 
