@@ -69,3 +69,32 @@ def test_killed_orchestrator_leaves_job_and_retry_reattaches(cluster_env, transp
     assert "Submitted Slurm job" not in out
     assert out.strip().endswith("SUCCESS"), out[-3000:]
     assert _wait_state(transport, job_id, {"COMPLETED"}) == "COMPLETED"
+
+
+def test_dropped_ssh_connection_is_reopened_and_the_run_finishes(slurm, pipes_env, payloads, transport):
+    """Kill the sshd processes serving the test user mid-run: the run reconnects and succeeds."""
+    import threading
+
+    import dagster as dg
+
+    from dagster_slurm import ComputeResource
+
+    @dg.asset
+    def sleeper(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=str(payloads / "sleeps.py"),
+                           extras={"seconds": 4}).get_results()
+
+    connections_before = transport.stats.connections
+
+    def drop_connection():
+        time.sleep(2.0)  # the job is running by now
+        subprocess.run(["pkill", "-KILL", "-u", "slurmuser", "-x", "sshd"], check=False)
+
+    killer = threading.Thread(target=drop_connection)
+    killer.start()
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = dg.materialize([sleeper], resources={"compute": compute}, raise_on_error=False)
+    killer.join()
+    assert result.success, [e.step_failure_data.error.message for e in result.get_step_failure_events()]
+    assert result.asset_materializations_for_node("sleeper")[0].metadata["slept"].value == 4
+    assert transport.stats.connections > connections_before  # it did reconnect

@@ -10,6 +10,7 @@ import uuid
 
 import dagster as dg
 import pytest
+from uv_projects import make_uv_project
 
 from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource
 from dagster_slurm.errors import DagsterSlurmError
@@ -17,7 +18,6 @@ from dagster_slurm.packaging.cache import ensure_environment
 from dagster_slurm.packaging.cache_key import compute_cache_key
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.packaging.uv_packer import UvPacker
-from uv_projects import make_uv_project
 
 pytestmark = pytest.mark.cluster
 HERE = os.path.dirname(__file__)

@@ -9,9 +9,9 @@ import uuid
 
 import dagster as dg
 import pytest
+from remote_env import make_pipes_env
 
 from dagster_slurm import BashLauncher, ComputeResource, SlurmQueueConfig, SlurmResource, SlurmRunConfig
-from remote_env import make_pipes_env
 from tests.standins.make_conda_packages import make_custom_package
 from tests.standins.pixi_project import build_pixi_project_in_subprocess, write_pixi_pack_executables
 

@@ -6,8 +6,9 @@ installed here). Runs TASK from pixi.toml ``[tasks]`` or pyproject.toml ``[tool.
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 
 def find_task(folder: Path, task: str) -> str | None:

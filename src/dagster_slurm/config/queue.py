@@ -10,18 +10,7 @@ from dagster_slurm.errors import ConfigurationError
 # Long sbatch options a user may pass through ``extra_sbatch_options`` (Slurm 22.05+).
 # Options that dagster-slurm sets itself (output, error, chdir, parsable, wrap, job-name) are absent.
 KNOWN_SBATCH_OPTIONS = frozenset(
-    """
-    account acctg-freq array batch bb bbf begin cluster-constraint clusters comment constraint
-    container contiguous core-spec cores-per-socket cpu-freq cpus-per-gpu cpus-per-task deadline
-    delay-boot dependency distribution exclude exclusive export export-file extra-node-info
-    get-user-env gid gpu-bind gpu-freq gpus gpus-per-node gpus-per-socket gpus-per-task gres
-    gres-flags hint hold ignore-pbs kill-on-invalid-dep licenses mail-type mail-user mcs-label mem
-    mem-bind mem-per-cpu mem-per-gpu mincpus network nice no-kill no-requeue nodefile nodelist
-    nodes ntasks ntasks-per-core ntasks-per-gpu ntasks-per-node ntasks-per-socket open-mode
-    overcommit oversubscribe partition power priority profile propagate qos reboot requeue
-    reservation signal sockets-per-node spread-job switches thread-spec threads-per-core time
-    time-min tmp uid use-min-nodes wait-all-nodes wckey
-    """.split()
+    ["account", "acctg-freq", "array", "batch", "bb", "bbf", "begin", "cluster-constraint", "clusters", "comment", "constraint", "container", "contiguous", "core-spec", "cores-per-socket", "cpu-freq", "cpus-per-gpu", "cpus-per-task", "deadline", "delay-boot", "dependency", "distribution", "exclude", "exclusive", "export", "export-file", "extra-node-info", "get-user-env", "gid", "gpu-bind", "gpu-freq", "gpus", "gpus-per-node", "gpus-per-socket", "gpus-per-task", "gres", "gres-flags", "hint", "hold", "ignore-pbs", "kill-on-invalid-dep", "licenses", "mail-type", "mail-user", "mcs-label", "mem", "mem-bind", "mem-per-cpu", "mem-per-gpu", "mincpus", "network", "nice", "no-kill", "no-requeue", "nodefile", "nodelist", "nodes", "ntasks", "ntasks-per-core", "ntasks-per-gpu", "ntasks-per-node", "ntasks-per-socket", "open-mode", "overcommit", "oversubscribe", "partition", "power", "priority", "profile", "propagate", "qos", "reboot", "requeue", "reservation", "signal", "sockets-per-node", "spread-job", "switches", "thread-spec", "threads-per-core", "time", "time-min", "tmp", "uid", "use-min-nodes", "wait-all-nodes", "wckey"]
 )
 
 def validate_sbatch_options(options: dict[str, str], setting: str) -> dict[str, str]:

@@ -122,7 +122,6 @@ def _build(transport: Transport, layout: RemoteLayout, packer: Packer, key: str,
         try:
             transport.run(script, timeout=3600)
         except RemoteCommandError as exc:
-            transport.run(f"rm -rf -- {shlex.quote(staging)}", check=False)
             raise DagsterSlurmError(
                 f"Unpacking the environment on the cluster failed (exit {exc.exit_status}); nothing was "
                 f"published.\n{exc.stderr_tail}"
@@ -131,14 +130,13 @@ def _build(transport: Transport, layout: RemoteLayout, packer: Packer, key: str,
         log(f"Published environment {path} -> {staging} (upload {figures['upload_seconds']:.1f} s, "
             f"unpack {figures['unpack_seconds']:.1f} s).")
         return figures
-    except RemoteFileError as exc:
-        transport.run(f"rm -rf -- {shlex.quote(staging)}", check=False)
-        raise DagsterSlurmError(
-            f"Uploading the environment failed: {exc}. Check that SLURM_DEPLOYMENT_BASE_PATH "
-            f"({layout.base}) is writable and has free space and inodes (quota)."
-        ) from None
-    except DagsterSlurmError:
-        transport.run(f"rm -rf -- {shlex.quote(staging)}", check=False)
+    except (RemoteFileError, DagsterSlurmError) as exc:
+        transport.run(f"rm -rf -- {shlex.quote(staging)}", check=False)  # never leave half a build
+        if isinstance(exc, RemoteFileError):
+            raise DagsterSlurmError(
+                f"Uploading the environment failed: {exc}. Check that SLURM_DEPLOYMENT_BASE_PATH "
+                f"({layout.base}) is writable and has free space and inodes (quota)."
+            ) from None
         raise
     finally:
         if keep_build:

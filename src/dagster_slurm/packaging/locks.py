@@ -34,7 +34,9 @@ def local_lock(name: str, timeout: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise DagsterSlurmError(f"Timed out after {timeout:g} s waiting for the local lock {path}.")
+                    raise DagsterSlurmError(
+                        f"Timed out after {timeout:g} s waiting for the local lock {path}."
+                    ) from None
                 time.sleep(0.2)
         try:
             yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import time
+
 try:
     import tomllib
 except ImportError:  # Python 3.10

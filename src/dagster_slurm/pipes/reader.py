@@ -143,7 +143,7 @@ class SlurmRunMessageReader(PipesMessageReader):
                 requests.append((self.files.exit_code, 0))
             chunks = self._transport.read_many(requests)  # type: ignore[attr-defined]
             got = False
-            for stream, data in zip(self._streams, chunks):
+            for stream, data in zip(self._streams, chunks[: len(self._streams)], strict=True):
                 if not data:
                     continue
                 got = True

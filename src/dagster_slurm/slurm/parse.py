@@ -123,7 +123,7 @@ def parse_duration(text: str) -> float:
 def parse_sacct(stdout: str) -> dict[str, JobAccounting]:
     """``sacct -P -n -o <SACCT_FIELDS>`` (job lines and step lines) -> one record per job."""
     names = SACCT_FIELDS.split(",")
-    rows = [dict(zip(names, line.split("|"))) for line in stdout.splitlines() if line.count("|") == len(names) - 1]
+    rows = [dict(zip(names, line.split("|"), strict=True)) for line in stdout.splitlines() if line.count("|") == len(names) - 1]
     jobs: dict[str, JobAccounting] = {}
     max_rss: dict[str, int] = {}
     for row in rows:

@@ -26,7 +26,9 @@ class TransportStats:
     commands: int = 0  # remote commands run (each may reuse an open shell channel)
     sftp_ops: int = 0
     bytes_uploaded: int = 0
-    command_log: list[str] = field(default_factory=list)
+    command_log: list[str] = field(default_factory=list)  # the most recent LOG_KEEP commands
+
+    LOG_KEEP = 1000
 
     def snapshot(self) -> TransportStats:
         return TransportStats(
@@ -41,8 +43,15 @@ class TransportStats:
             self.commands - before.commands,
             self.sftp_ops - before.sftp_ops,
             self.bytes_uploaded - before.bytes_uploaded,
-            self.command_log[len(before.command_log):],
+            self.command_log[len(self.command_log) - (self.commands - before.commands):]
+            if self.commands > before.commands else [],
         )
+
+    def log_command(self, command: str) -> None:
+        self.commands += 1
+        self.command_log.append(command)
+        if len(self.command_log) > 2 * self.LOG_KEEP:
+            del self.command_log[: -self.LOG_KEEP]
 
 
 class Transport(Protocol):

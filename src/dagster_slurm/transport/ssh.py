@@ -95,7 +95,9 @@ class SSHTransport:
         s = self.settings
         return f"{s.user + '@' if s.user else ''}{s.host}:{s.port}"
 
-    async def _open(self, host: str, port: int, user: str | None, tunnel=None) -> asyncssh.SSHClientConnection:
+    async def _open(self, host: str, port: int, user: str | None, tunnel=None,
+                    is_target: bool = True) -> asyncssh.SSHClientConnection:
+        """Open one connection (the edge node, or with ``is_target=False`` the jump host)."""
         s = self.settings
         known = _known_hosts(s)
         kwargs: dict = {
@@ -105,8 +107,7 @@ class SSHTransport:
             "login_timeout": s.connect_timeout,
             "keepalive_interval": s.keepalive_interval,
             "keepalive_count_max": 3,
-            "client_factory": _client_factory(s, known, self._mark_lost if tunnel is not None or not s.jump_host
-                                              else lambda: None),
+            "client_factory": _client_factory(s, known, self._mark_lost if is_target else lambda: None),
             "kbdint_auth": bool(s.password),  # never wait on an interactive prompt we cannot answer
         }
         if user:
@@ -168,7 +169,7 @@ class SSHTransport:
             tunnel = None
             if s.jump_host:
                 if self._jump is None or self._jump.is_closed():
-                    self._jump = await self._open(s.jump_host, s.jump_port, s.jump_user or s.user)
+                    self._jump = await self._open(s.jump_host, s.jump_port, s.jump_user or s.user, is_target=False)
                 tunnel = self._jump
             started = time.monotonic()
             self._conn = await self._open(s.host, s.port, s.user, tunnel)
@@ -215,16 +216,17 @@ class SSHTransport:
         connection (only for idempotent commands). Raises ``RemoteCommandError`` on non-zero exit."""
         timeout = timeout or self.settings.command_timeout
         started = time.monotonic()
-        self._count(commands=1)
         with self._stats_lock:
-            self.stats.command_log.append(command)
+            self.stats.log_command(command)
         try:
             status, out, err = run_sync(
                 self._with_retry(lambda: self._arun(command, timeout), retry),
                 timeout * 2 + self.settings.connect_timeout * 2 + 10,
             )
         except _LOST as exc:
-            raise SSHConnectionError(f"SSH connection to {self._describe()} lost while running: {command} ({exc})")
+            raise SSHConnectionError(
+                f"SSH connection to {self._describe()} lost while running: {command} ({exc})"
+            ) from None
         log.debug("ran (%.3f s, status %s): %s", time.monotonic() - started, status, command)
         if check and status != 0:
             raise RemoteCommandError(command, status, err)
@@ -251,7 +253,9 @@ class SSHTransport:
         except TimeoutError:
             raise RemoteFileError(f"{what} {path!r} on {self._describe()} got no answer in time") from None
         except _LOST as exc:
-            raise SSHConnectionError(f"SSH connection to {self._describe()} lost during {what} {path!r}: {exc}")
+            raise SSHConnectionError(
+                f"SSH connection to {self._describe()} lost during {what} {path!r}: {exc}"
+            ) from None
 
     def home(self) -> str:
         """Absolute path of the remote home directory (asked once per transport)."""
@@ -317,14 +321,8 @@ class SSHTransport:
         self._count(bytes_uploaded=size)
 
     def read_from(self, path: str, offset: int = 0, size: int = 1 << 20) -> bytes | None:
-        async def op(sftp: asyncssh.SFTPClient) -> bytes | None:
-            try:
-                async with sftp.open(path, "rb") as fh:
-                    return await fh.read(size, offset)
-            except asyncssh.SFTPNoSuchFile:
-                return None
-
-        return self._file_op("read", path, op)
+        """Up to ``size`` bytes of ``path`` from ``offset``; None if the file does not exist."""
+        return self.read_many([(path, offset)], size)[0]
 
     def read_many(self, requests: list[tuple[str, int]], size: int = 1 << 20) -> list[bytes | None]:
         """Read several files from given offsets concurrently, in one round trip's time."""
