@@ -236,3 +236,26 @@ def test_production_deployment(pixi_project, slurm_resource, payloads, cluster_e
     assert meta["example_lib"] == "1.0/cpu"
     assert meta["slurm_environment"] == metadata["deployment_path"]
     assert "slurm_env_cache_hit" not in meta  # pre-deployed: no packing at all
+
+
+def test_corrupted_pixi_artifact_is_detected_and_nothing_unpacked(pixi_project, slurm_resource, transport):
+    from dagster_slurm.errors import DagsterSlurmError
+    from dagster_slurm.packaging.cache import ensure_environment
+    from dagster_slurm.packaging.cache_key import compute_cache_key
+    from dagster_slurm.packaging.packer import RemoteLayout
+    from dagster_slurm.packaging.pixi_pack import PixiPackPacker
+
+    class CorruptInTransit(PixiPackPacker):
+        def upload(self, transport, result, layout, staging, log):
+            figures = super().upload(transport, result, layout, staging, log)
+            transport.run(f"printf x >> {staging}/.artifact/{result.artifact.name}")
+            return figures
+
+    base = transport.absolute(slurm_resource.remote_base)
+    packer = CorruptInTransit(None, pixi_project, "linux-64")
+    key = compute_cache_key((pixi_project / "pixi.lock").read_bytes(), packer.key_command(), "linux-64", [])
+    with pytest.raises(DagsterSlurmError, match="checksum mismatch") as err:
+        ensure_environment(transport, RemoteLayout(base), packer, key, log=print)
+    assert "nothing was unpacked" in str(err.value)
+    assert transport.stat_size(f"{base}/envs/{key}") is None
+    assert transport.listdir(f"{base}/envs/.store") == []

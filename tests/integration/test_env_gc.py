@@ -1,0 +1,50 @@
+"""dagster-slurm env list / gc on the real cluster: a leased environment survives while its job runs."""
+
+import os
+import uuid
+
+import pytest
+
+from dagster_slurm.cli.main import main
+from dagster_slurm.packaging.cache import ensure_environment
+from dagster_slurm.packaging.cache_key import compute_cache_key
+from dagster_slurm.packaging.packer import RemoteLayout
+from dagster_slurm.packaging.uv_packer import UvPacker
+from uv_projects import make_uv_project
+
+pytestmark = pytest.mark.cluster
+
+
+def test_gc_keeps_environments_of_queued_or_running_jobs(transport, cluster_env, tmp_path, monkeypatch, capsys):
+    base = transport.absolute(f"dagster-slurm-tests/gc-{uuid.uuid4().hex[:8]}")
+    layout = RemoteLayout(base)
+    paths = []
+    for six in ("1.16.0", "1.17.0"):
+        lock = make_uv_project(tmp_path / six, six=six)
+        packer = UvPacker(lock, "linux-64", "3.11")
+        key = compute_cache_key(lock.read_bytes(), packer.key_command(), packer.platform, [])
+        paths.append(ensure_environment(transport, layout, packer, key, log=print).path)
+    leased, idle = paths
+    job_id = transport.run("sbatch --parsable --mem=64M --wrap 'sleep 120'").stdout.strip()
+    transport.run(f"touch {leased}/.leases/{job_id}")  # what a submitted run records
+    for key, value in {**cluster_env, "SLURM_DEPLOYMENT_BASE_PATH": base}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        assert main(["env", "list"]) == 0
+        listing = capsys.readouterr().out
+        assert "2 environment(s)" in listing and "envs/" in listing
+
+        assert main(["env", "gc", "--keep", "0", "--older-than", "0s", "--dry-run"]) == 0
+        assert "1 environment(s) to delete" in capsys.readouterr().out
+        assert transport.stat_size(f"{idle}/activate.sh") is not None  # dry run deletes nothing
+
+        assert main(["env", "gc", "--keep", "0", "--older-than", "0s"]) == 0
+        assert transport.stat_size(f"{leased}/activate.sh") is not None  # its job is running
+        assert transport.stat_size(f"{idle}/activate.sh") is None
+        assert transport.stat_size(idle) is None  # the name is gone too, not left dangling
+    finally:
+        transport.run(f"scancel {job_id}", check=False)
+    transport.run(f"while squeue -h -j {job_id} -t PD,R,CG 2>/dev/null | grep -q .; do sleep 0.2; done", timeout=60)
+    assert main(["env", "gc", "--keep", "0", "--older-than", "0s"]) == 0
+    assert transport.stat_size(f"{leased}/activate.sh") is None
+    assert os.path.basename(leased)  # sanity
