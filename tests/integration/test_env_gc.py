@@ -4,13 +4,13 @@ import os
 import uuid
 
 import pytest
+from uv_projects import make_uv_project
 
 from dagster_slurm.cli.main import main
 from dagster_slurm.packaging.cache import ensure_environment
 from dagster_slurm.packaging.cache_key import compute_cache_key
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.packaging.uv_packer import UvPacker
-from uv_projects import make_uv_project
 
 pytestmark = pytest.mark.cluster
 

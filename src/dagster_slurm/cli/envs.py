@@ -10,10 +10,10 @@ from dagster_slurm.config.slurm import BASE_PATH_ENV, DEFAULT_REMOTE_BASE
 from dagster_slurm.config.ssh import SSHConnectionResource
 from dagster_slurm.packaging.inventory import Inventory, parse_duration_spec, plan_gc, scan_script
 from dagster_slurm.packaging.packer import RemoteLayout
-from dagster_slurm.transport import get_transport
+from dagster_slurm.transport import SSHTransport, get_transport
 
 
-def _inventory() -> tuple[object, RemoteLayout, Inventory]:
+def _inventory() -> tuple[SSHTransport, RemoteLayout, Inventory]:
     transport = get_transport(SSHConnectionResource.from_env().settings())
     layout = RemoteLayout(transport.absolute(os.environ.get(BASE_PATH_ENV) or DEFAULT_REMOTE_BASE))
     out = transport.run(scan_script(layout), retry=True).stdout

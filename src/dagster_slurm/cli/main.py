@@ -9,7 +9,10 @@ from dagster_slurm.errors import DagsterSlurmError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dagster-slurm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dagster-slurm",
+        description="Deploy payload environments to a Slurm cluster and manage its environment cache.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     deploy = sub.add_parser("deploy", help="Pack, upload and unpack the environment to a versioned path, "

@@ -83,7 +83,7 @@ def resolve_environment(
         return ResolvedEnv(transport.absolute(pre_deployed), False)
     packer = make_packer(settings, metadata, transport)
     lock = find_lockfile(explicit=settings.lockfile)
-    key = compute_cache_key(lock.path.read_bytes(), packer.key_command(), getattr(packer, "platform", ""),
+    key = compute_cache_key(lock.path.read_bytes(), packer.key_command(), packer.platform,
                             packer.key_files())
     result = ensure_environment(transport, layout, packer, key, force=force, keep_build=settings.debug_mode,
                                 lock_timeout=settings.lock_timeout, log=log,

@@ -54,6 +54,7 @@ class RemoteLayout:
 
 class Packer(Protocol):
     name: str
+    platform: str
 
     def key_command(self) -> list[str]:
         """The normalised command (or recipe) that goes into the cache key."""

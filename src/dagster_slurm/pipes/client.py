@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 from dagster import PipesClient, PipesClientCompletedInvocation, PipesEnvContextInjector, open_pipes_session
@@ -96,7 +97,8 @@ class SlurmPipesClient(PipesClient):
             self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files)
         if not request.keep_run_dir:
             self.transport.run(f"rm -rf -- {shlex.quote(files.run_dir)}", check=False)
-        return PipesClientCompletedInvocation(session, metadata={**acct.metadata(), **request.metadata})
+        metadata: dict[str, Any] = {**acct.metadata(), **request.metadata}
+        return PipesClientCompletedInvocation(session, metadata=metadata)
 
     # -- steps
     def _existing_job(self, files: RunFiles) -> str | None:

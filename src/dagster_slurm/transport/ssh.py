@@ -329,7 +329,8 @@ class SSHTransport:
         async def one(sftp: asyncssh.SFTPClient, path: str, offset: int) -> bytes | None:
             try:
                 async with sftp.open(path, "rb") as fh:
-                    return await fh.read(size, offset)
+                    data = await fh.read(size, offset)
+                    return data if isinstance(data, bytes) else data.encode()
             except asyncssh.SFTPNoSuchFile:
                 return None
 
