@@ -40,7 +40,6 @@ def main() -> int:
         os.environ["DAGSTER_DEPLOYMENT"] = "development"
     sys.path.insert(0, str(HERE))
     import dagster as dg
-
     from example_project.definitions import broken_asset, daily_counts, defs
 
     instance = dg.DagsterInstance.ephemeral()

@@ -10,4 +10,6 @@ if [ "$(id -u)" = 0 ]; then
 else
     echo "test.sh: not root, cannot start the test cluster; cluster tests will be skipped (fail under CI)" >&2
 fi
+uv run --frozen ruff check src tests examples bench
+uv run --frozen mypy src
 exec uv run --frozen pytest -q -p no:cacheprovider "$@"
