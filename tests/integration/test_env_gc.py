@@ -1,6 +1,5 @@
 """dagster-slurm env list / gc on the real cluster: a leased environment survives while its job runs."""
 
-import os
 import uuid
 
 import pytest
@@ -42,9 +41,16 @@ def test_gc_keeps_environments_of_queued_or_running_jobs(transport, cluster_env,
         assert transport.stat_size(f"{leased}/activate.sh") is not None  # its job is running
         assert transport.stat_size(f"{idle}/activate.sh") is None
         assert transport.stat_size(idle) is None  # the name is gone too, not left dangling
+        wheels = transport.listdir(f"{base}/wheels")
+        assert "six-1.16.0-py2.py3-none-any.whl" in wheels  # still used by the leased environment
+        # six 1.17's wheel is unused now but younger than the grace period (a build may be using it)
+        assert "six-1.17.0-py2.py3-none-any.whl" in wheels
     finally:
         transport.run(f"scancel {job_id}", check=False)
     transport.run(f"while squeue -h -j {job_id} -t PD,R,CG 2>/dev/null | grep -q .; do sleep 0.2; done", timeout=60)
     assert main(["env", "gc", "--keep", "0", "--older-than", "0s"]) == 0
     assert transport.stat_size(f"{leased}/activate.sh") is None
-    assert os.path.basename(leased)  # sanity
+    # shared wheels and the uv binary go once no environment uses them and they are past the grace period
+    transport.run(f"touch -d '2 hours ago' {base}/wheels/* {base}/tools/*")
+    assert main(["env", "gc", "--keep", "0", "--older-than", "0s"]) == 0
+    assert transport.listdir(f"{base}/wheels") == [] and transport.listdir(f"{base}/tools") == []

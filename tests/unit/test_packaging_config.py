@@ -119,19 +119,24 @@ def test_gc_plan_keeps_leased_deployed_recent_and_young():
     day = 86400
     inv = Inventory(
         stores={
-            "/e/.store/a": Store("/e/.store/a", now - 30 * day, True, ["11"]),   # leased by a running job
-            "/e/.store/b": Store("/e/.store/b", now - 30 * day, True, ["5"]),    # lease of a finished job
-            "/e/.store/c": Store("/e/.store/c", now - 30 * day, True),           # deployment
-            "/e/.store/d": Store("/e/.store/d", now - 1 * day, True),            # young
-            "/e/.store/e": Store("/e/.store/e", now - 2 * 3600, False),          # half-built, abandoned
-            "/e/.store/f": Store("/e/.store/f", now - 60, False),                # may still be building
+            "/e/.store/a": Store("/e/.store/a", now - 30 * day, True, ["11"], ["w1.whl"]),  # leased, running job
+            "/e/.store/b": Store("/e/.store/b", now - 30 * day, True, ["5"], ["w2.whl"]),   # finished job's lease
+            "/e/.store/c": Store("/e/.store/c", now - 30 * day, True, [], ["w1.whl"]),      # deployment
+            "/e/.store/d": Store("/e/.store/d", now - 1 * day, True, ["4"]),                # young
+            "/e/.store/e": Store("/e/.store/e", now - 2 * 3600, False),                     # half-built, abandoned
+            "/e/.store/f": Store("/e/.store/f", now - 60, False),                           # may still be building
         },
         links={"/e/a": "/e/.store/a", "/e/b": "/e/.store/b", "/b/deployments/v1": "/e/.store/c"},
+        wheels={"w1.whl": now - 30 * day, "w2.whl": now - 30 * day, "w3.whl": now - 60},
         active_jobs={"11"},
     )
-    doomed = [s.name for s in plan_gc(inv, keep=0, older_than=7 * day, now=now)]
-    assert doomed == ["b", "e"]
-    assert [s.name for s in plan_gc(inv, keep=1, older_than=0, now=now)] == ["b", "e"]  # d is the newest
+    plan = plan_gc(inv, keep=0, older_than=7 * day, now=now)
+    assert [s.name for s in plan.stores] == ["b", "e"]
+    assert plan.wheels == ["w2.whl"]  # w1 is still used; w3 may belong to a build in progress
+    assert plan.stale_leases == ["/e/.store/d/.leases/4"]
+    assert [s.name for s in plan_gc(inv, keep=1, older_than=0, now=now).stores] == ["b", "e"]  # d is newest
+    inv.build_locks = 1  # a build is running: shared wheels are left alone
+    assert plan_gc(inv, keep=0, older_than=7 * day, now=now).wheels == []
 
 
 def test_inventory_parse_and_durations():

@@ -32,13 +32,19 @@ def run_list(args) -> None:
 
 def run_gc(args) -> None:
     transport, layout, inv = _inventory()
-    doomed = plan_gc(inv, keep=args.keep, older_than=parse_duration_spec(args.older_than), now=time.time())
-    for store in doomed:
-        print(("would delete " if args.dry_run else "deleting ") + store.path)
-    if doomed and not args.dry_run:
-        q = shlex.quote
-        links = [link for s in doomed for link in inv.links_to(s.path)]
-        transport.run(" ; ".join([*(f"rm -f -- {q(link)}" for link in links),
-                                  *(f"rm -rf -- {q(s.path)}" for s in doomed)]), timeout=3600)
-    print(f"{len(doomed)} environment(s) {'to delete' if args.dry_run else 'deleted'}, "
-          f"{len(inv.stores) - len(doomed)} kept.")
+    plan = plan_gc(inv, keep=args.keep, older_than=parse_duration_spec(args.older_than), now=time.time())
+    verb = "would delete" if args.dry_run else "deleting"
+    for store in plan.stores:
+        print(f"{verb} {store.path}")
+    for name in plan.wheels + plan.tools:
+        print(f"{verb} {name} (no remaining environment uses it)")
+    q = shlex.quote
+    paths = [link for s in plan.stores for link in inv.links_to(s.path)]
+    paths += [s.path for s in plan.stores]
+    paths += [f"{layout.wheels}/{w}" for w in plan.wheels] + [f"{layout.tools}/{t}" for t in plan.tools]
+    if not args.dry_run and (paths or plan.stale_leases):
+        # link names first, so nothing points at a half-deleted folder
+        transport.run("\n".join(f"rm -rf -- {q(p)}" for p in [*paths, *plan.stale_leases]), timeout=3600)
+    print(f"{len(plan.stores)} environment(s) {'to delete' if args.dry_run else 'deleted'}, "
+          f"{len(inv.stores) - len(plan.stores)} kept; {len(plan.wheels)} wheel(s) and {len(plan.tools)} "
+          f"tool(s) unused; {len(plan.stale_leases)} finished-job lease(s) cleared.")

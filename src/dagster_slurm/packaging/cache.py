@@ -64,8 +64,9 @@ def ensure_environment(
     if not force and is_published(transport, path):
         log(f"Environment cache hit: {path} (key {key}); nothing packed or uploaded.")
         return EnvResult(path, key, True)
-    log(f"Environment cache miss for key {key}: packing with {packer.name}.")
-    with local_lock(f"env-{key}", lock_timeout):
+    log(f"Environment cache miss for key {key}.")
+    with local_lock(f"env-{key}", lock_timeout,
+                    on_wait=lambda: log("Another process on this machine is building this environment; waiting.")):
         if not force and is_published(transport, path):  # another local process finished it meanwhile
             log(f"Environment {path} was published by another run meanwhile; reusing it.")
             return EnvResult(path, key, True)
@@ -93,6 +94,7 @@ def _build(transport: Transport, layout: RemoteLayout, packer: Packer, key: str,
     staging = f"{layout.store}/{key}-{secrets.token_hex(4)}"
     figures: dict[str, float] = {}
     try:
+        log(f"Packing with {packer.name}.")
         started = time.monotonic()
         result = packer.pack(build_dir, log)
         figures["pack_seconds"] = round(time.monotonic() - started, 3)

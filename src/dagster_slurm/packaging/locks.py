@@ -22,8 +22,9 @@ CACHE_HOME = Path(os.environ.get("DAGSTER_SLURM_CACHE", Path.home() / ".cache" /
 
 
 @contextlib.contextmanager
-def local_lock(name: str, timeout: float) -> Iterator[None]:
-    """Exclusive across processes of this machine; the kernel frees it when a holder dies."""
+def local_lock(name: str, timeout: float, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Exclusive across processes of this machine; the kernel frees it when a holder dies.
+    ``on_wait`` is called once if the lock is held by someone else."""
     path = CACHE_HOME / "locks" / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
@@ -33,11 +34,14 @@ def local_lock(name: str, timeout: float) -> Iterator[None]:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
                 if time.monotonic() > deadline:
                     raise DagsterSlurmError(
                         f"Timed out after {timeout:g} s waiting for the local lock {path}."
                     ) from None
-                time.sleep(0.2)
+                time.sleep(0.05)
         try:
             yield
         finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dagster_slurm.errors import ConfigurationError
 from dagster_slurm.packaging.cache_key import file_sha256
+from dagster_slurm.packaging.inventory import TOOLS_USED, WHEELS_USED
 from dagster_slurm.packaging.locks import CACHE_HOME, local_lock
 from dagster_slurm.packaging.packer import Log, PackResult, RemoteLayout
 from dagster_slurm.packaging.run_local import run_build_command
@@ -209,10 +210,14 @@ class UvPacker:
             f"\"$PY\" -c {q(check)}",
             f"(cd {q(layout.wheels)} && sha256sum -c --quiet {art}/wheels.sha256) || "
             "{ echo 'dagster-slurm: checksum mismatch in the wheel store: nothing was installed' >&2; exit 41; }",
-            f"export UV_CACHE_DIR={q(layout.base)}/.uv-cache UV_NO_PROGRESS=1 UV_PYTHON_DOWNLOADS=never",
+            # no uv cache: every environment owns its files, so gc frees what it deletes (home quotas)
+            "export UV_NO_CACHE=1 UV_NO_PROGRESS=1 UV_PYTHON_DOWNLOADS=never",
             f"{uv} venv --quiet --python \"$PY\" {q(staging)}/env",
             f"{uv} pip install --quiet --offline --no-index --find-links {q(layout.wheels)} "
             f"--python {q(staging)}/env/bin/python -r {art}/requirements.txt",
+            # what this environment needs from the shared stores, for gc
+            f"cut -d' ' -f3 {art}/wheels.sha256 > {q(staging)}/{WHEELS_USED}",
+            f"printf '%s\\n' {q(self.remote_uv(layout, result).rsplit('/', 1)[1])} > {q(staging)}/{TOOLS_USED}",
             f"cat > {q(staging)}/activate.sh <<'DAGSTER_SLURM_EOF'\n"
             f"export VIRTUAL_ENV={q(staging)}/env\n"
             "export PATH=\"$VIRTUAL_ENV/bin:$PATH\"\n"
