@@ -147,3 +147,15 @@ def test_skip_payload_upload_without_remote_payload(slurm, pipes_env, payloads):
 def test_key_and_password_both_set():
     with pytest.raises(ConfigurationError, match="key_path and password"):
         SSHConnectionResource(host="h", key_path=__file__, password="x").settings()
+
+
+def test_jump_host(ssh, cluster_env):
+    """One hop through a bastion: here the test sshd itself serves as the jump host."""
+    jumped = ssh.model_copy(update={"jump_host": "127.0.0.1", "jump_port": int(cluster_env["SLURM_EDGE_NODE_PORT"]),
+                                    "jump_user": cluster_env["SLURM_EDGE_NODE_USER"]})
+    t = SSHTransport(jumped.settings())
+    try:
+        assert t.run("echo via-jump").stdout.strip() == "via-jump"
+        assert t._jump is not None and not t._jump.is_closed()  # the tunnel really went through it
+    finally:
+        t.close()

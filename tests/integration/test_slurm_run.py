@@ -120,3 +120,13 @@ def test_job_failure_states_are_dagster_failures(slurm, pipes_env, payloads):
 
 def test_slurm_job_error_type_is_exported():
     assert issubclass(SlurmJobError, dg.Failure)
+
+
+def test_time_limit_ends_in_timeout_failure(slurm, pipes_env, payloads):
+    """Slurm's smallest time limit is one minute: this test takes 1-2 minutes."""
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = _materialize(_asset(payloads / "sleeps.py", extras={"seconds": 600},
+                                 resource_requirements={"time_limit": "1"}), compute)
+    assert not result.success
+    text = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "TIMEOUT" in text and "time limit" in text

@@ -15,7 +15,7 @@ from dagster_slurm.compute.context import asset_metadata, run_identity
 from dagster_slurm.compute.environment import PackSettings, resolve_environment
 from dagster_slurm.compute.launchers import BashLauncher
 from dagster_slurm.compute.local import run_local
-from dagster_slurm.compute.options import resolve_run_options
+from dagster_slurm.compute.options import RunOptions, resolve_run_options
 from dagster_slurm.config.run import SlurmRunConfig
 from dagster_slurm.config.slurm import DEFAULT_REMOTE_BASE, SlurmResource
 from dagster_slurm.errors import ConfigurationError, RemoteFileError
@@ -170,23 +170,7 @@ class ComputeResource(dg.ConfigurableResource):
         if not env.packed:
             self._check_env(transport, env_path)
 
-        uploads: list[tuple[str, str]] = []
-        if options.skip_payload_upload:
-            remote_payload = options.remote_payload_path or posixpath.join(
-                env_path, "scripts", os.path.basename(payload)
-            )
-            remote_payload = transport.absolute(remote_payload)
-            if transport.stat_size(remote_payload) is None:
-                raise ConfigurationError(
-                    f"skip_payload_upload is set ({options.sources['skip_payload_upload']}) but there is no "
-                    f"payload at {remote_payload} on the cluster. Deploy it there (dagster-slurm deploy uploads "
-                    "scripts/), set remote_payload_path, or unset skip_payload_upload."
-                )
-        else:
-            local = self._local_payload(payload)
-            remote_payload = f"{run_dir}/{os.path.basename(local)}"
-            uploads.append((local, remote_payload))
-
+        remote_payload, uploads = self._place_payload(transport, payload, options, env_path, run_dir)
         directives = queue_directives(
             slurm.queue.model_dump(),
             {**(metadata.get(RESOURCES_METADATA_KEY) or {}), **(resource_requirements or {})},
@@ -208,6 +192,24 @@ class ComputeResource(dg.ConfigurableResource):
         return client.run(context=context, request=request, extras=extras)
 
     # -- helpers
+    def _place_payload(self, transport, payload: str, options: RunOptions, env_path: str,
+                       run_dir: str) -> tuple[str, list[tuple[str, str]]]:
+        """Where the job finds the payload, and what to upload for that."""
+        if not options.skip_payload_upload:
+            local = self._local_payload(payload)
+            remote = f"{run_dir}/{os.path.basename(local)}"
+            return remote, [(local, remote)]
+        remote = transport.absolute(
+            options.remote_payload_path or posixpath.join(env_path, "scripts", os.path.basename(payload))
+        )
+        if transport.stat_size(remote) is None:
+            raise ConfigurationError(
+                f"skip_payload_upload is set ({options.sources['skip_payload_upload']}) but there is no "
+                f"payload at {remote} on the cluster. Deploy it there (dagster-slurm deploy uploads "
+                "scripts/), set remote_payload_path, or unset skip_payload_upload."
+            )
+        return remote, []
+
     def _pack_settings(self) -> PackSettings:
         return PackSettings(
             lockfile=self.lockfile, packer=self.packer, pack_cmd=self.pack_cmd, pack_platform=self.pack_platform,

@@ -1,6 +1,6 @@
 """Packaging benchmark: the uv packer's cold deploy, warm-run overhead, incremental uploads, concurrency.
 
-    .venv/bin/python bench/packaging.py [--runs 3] [--parts 1,2,3,4] [--concurrency 8]
+    .venv/bin/python bench/env_packaging.py [--runs 3] [--parts 1,2,3,4] [--concurrency 8]
 
 One invocation measures, each library run in a fresh Python process, every measurement on a fresh
 remote deployment base (``~/dagster-slurm-bench/pk-<id>``, removed afterwards) and, where "cold" is
