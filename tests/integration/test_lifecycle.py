@@ -71,13 +71,16 @@ def test_killed_orchestrator_leaves_job_and_retry_reattaches(cluster_env, transp
     assert _wait_state(transport, job_id, {"COMPLETED"}) == "COMPLETED"
 
 
-def test_dropped_ssh_connection_is_reopened_and_the_run_finishes(slurm, pipes_env, payloads, transport):
+def test_dropped_ssh_connection_is_reopened_and_the_run_finishes(slurm, pipes_env, payloads):
     """Kill the sshd processes serving the test user mid-run: the run reconnects and succeeds."""
     import threading
 
     import dagster as dg
 
     from dagster_slurm import ComputeResource
+    from dagster_slurm.transport import get_transport
+
+    transport = get_transport(slurm.ssh.settings())  # the one the run below uses
 
     @dg.asset
     def sleeper(context: dg.AssetExecutionContext, compute: ComputeResource):

@@ -41,11 +41,6 @@ class SSHSettings:
 
     __str__ = __repr__
 
-    @property
-    def pool_key(self) -> tuple:
-        """Identity of the connection: settings that share it share one TCP connection per process."""
-        return (self.host, self.port, self.user, self.key_path, self.jump_host, self.jump_user, self.jump_port)
-
 
 class SSHConnectionResource(dg.ConfigurableResource):
     """How to reach the cluster's edge (login) node over SSH.

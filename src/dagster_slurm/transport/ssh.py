@@ -370,7 +370,7 @@ class SSHTransport:
 
 
 _pool_lock = threading.Lock()
-_pool: dict[tuple, SSHTransport] = {}
+_pool: dict[SSHSettings, SSHTransport] = {}
 
 
 def get_transport(settings: SSHSettings) -> SSHTransport:
@@ -378,9 +378,9 @@ def get_transport(settings: SSHSettings) -> SSHTransport:
     if settings.key_path and settings.password:
         raise ConfigurationError("SSH settings: key_path and password are both set; set only one.")
     with _pool_lock:
-        transport = _pool.get(settings.pool_key)
-        if transport is None or transport.settings != settings:
-            transport = _pool[settings.pool_key] = SSHTransport(settings)
+        transport = _pool.get(settings)
+        if transport is None:
+            transport = _pool[settings] = SSHTransport(settings)
         return transport
 
 
