@@ -21,23 +21,20 @@ Medians go to stdout as markdown, progress to stderr, raw figures to bench/resul
 See bench/README.md. Needs the test cluster of scripts/testcluster.sh (started if it is not running).
 """
 
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
-# This file is named like the `packaging` distribution that dagster imports; Python puts the script's folder
-# first on sys.path, so drop it before anything imports `packaging` (bench/ holds nothing we import).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shlex  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
+from common import load_cluster_env, src_fingerprint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -191,29 +188,6 @@ def child_dagster(variant: str, t_proc: float, base: str, lock: str, env_path: s
 # =============================================================================================== parent
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def load_cluster_env() -> None:
-    script = str(ROOT / "scripts" / "testcluster.sh")
-    if subprocess.run([script, "status"], capture_output=True, check=False).returncode != 0:
-        log("starting the test cluster ...")
-        subprocess.run([script, "start"], check=True)
-    text = subprocess.run([script, "env"], capture_output=True, text=True, check=True).stdout
-    for line in text.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            os.environ[key] = shlex.split(value)[0] if value else ""
-    os.environ.pop("SLURM_EDGE_NODE_PASSWORD", None)  # key auth only
-
-
-def src_fingerprint() -> str:
-    """Hash of the library source the children import: another engineer may edit src/ while we run."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "src").rglob("*.py")):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def med(values):

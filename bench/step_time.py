@@ -23,6 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
+from common import load_cluster_env, src_fingerprint
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PAYLOAD = HERE / "payload.py"
@@ -345,29 +347,6 @@ def derive_floor(rec: dict, wall: float) -> dict:
 
 
 # =============================================================================================== parent
-def load_cluster_env() -> None:
-    if subprocess.run([str(ROOT / "scripts" / "testcluster.sh"), "status"], capture_output=True, check=False).returncode != 0:
-        print("starting the test cluster ...", file=sys.stderr)
-        subprocess.run([str(ROOT / "scripts" / "testcluster.sh"), "start"], check=True)
-    text = subprocess.run([str(ROOT / "scripts" / "testcluster.sh"), "env"], capture_output=True, text=True,
-                          check=True).stdout
-    for line in text.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            os.environ[key] = shlex.split(value)[0] if value else ""
-    os.environ.pop("SLURM_EDGE_NODE_PASSWORD", None)  # key auth only
-
-
-def src_fingerprint() -> str:
-    """Hash of the library source the children import: another engineer may edit src/ while we run."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "src").rglob("*.py")):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def run_child(variant: str, env_path: str, tmp: str, sleep: float) -> dict:
     out = os.path.join(tmp, f"{variant}-{uuid.uuid4().hex}.json")
     log = os.path.join(tmp, f"{variant}.log")

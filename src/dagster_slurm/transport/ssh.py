@@ -279,14 +279,18 @@ class SSHTransport:
     def touch(self, path: str) -> None:
         self._file_op("touch", path, lambda sftp: sftp.utime(path))
 
-    def stat_mtime(self, path: str) -> float | None:
-        async def op(sftp: asyncssh.SFTPClient) -> float | None:
+    def _stat(self, path: str) -> asyncssh.SFTPAttrs | None:
+        async def op(sftp: asyncssh.SFTPClient) -> asyncssh.SFTPAttrs | None:
             try:
-                return (await sftp.stat(path)).mtime
+                return await sftp.stat(path)
             except asyncssh.SFTPNoSuchFile:
                 return None
 
         return self._file_op("stat", path, op)
+
+    def stat_mtime(self, path: str) -> float | None:
+        attrs = self._stat(path)
+        return None if attrs is None else attrs.mtime
 
     def listdir(self, path: str) -> list[str] | None:
         """Names in a remote directory (None if it does not exist)."""
@@ -340,13 +344,9 @@ class SSHTransport:
         return self._file_op("read", ", ".join(p for p, _ in requests), op)
 
     def stat_size(self, path: str) -> int | None:
-        async def op(sftp: asyncssh.SFTPClient) -> int | None:
-            try:
-                return (await sftp.stat(path)).size
-            except asyncssh.SFTPNoSuchFile:
-                return None
-
-        return self._file_op("stat", path, op)
+        """Size of ``path`` (following links), or None if it does not exist."""
+        attrs = self._stat(path)
+        return None if attrs is None else attrs.size
 
     def rename(self, src: str, dst: str) -> None:
         self._file_op("rename", src, lambda sftp: sftp.posix_rename(src, dst))
