@@ -319,9 +319,14 @@ class SSHTransport:
             if progress:
                 progress(done, total)
 
-        self._file_op("upload to", remote,
-                      lambda sftp: sftp.put(local, remote, progress_handler=handler, preserve=True),
-                      timeout=max(self.settings.command_timeout, size / 1e6))  # >= 1 MB/s
+        mode = os.stat(local).st_mode & 0o777
+
+        async def op(sftp: asyncssh.SFTPClient) -> None:
+            # the local mode bits, but not the local mtime: gc's grace period counts from the upload
+            await sftp.put(local, remote, progress_handler=handler)
+            await sftp.chmod(remote, mode)
+
+        self._file_op("upload to", remote, op, timeout=max(self.settings.command_timeout, size / 1e6))  # >= 1 MB/s
         self._count(bytes_uploaded=size)
 
     def read_from(self, path: str, offset: int = 0, size: int = 1 << 20) -> bytes | None:
