@@ -51,9 +51,13 @@ def main() -> int:
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             meta = {k: v.value for k, v in mat.metadata.items()}
+            if "slurm_env_cache_hit" in meta:
+                env = "packed env, cache " + ("hit" if meta["slurm_env_cache_hit"] else "miss")
+            else:
+                env = "pre-deployed env" if "slurm_environment" in meta else "local"
             rows.append((mat.asset_key.to_user_string() + (f"[{mat.partition}]" if mat.partition else ""),
                          "materialized", meta.get("slurm_job_id", "-"),
-                         {k: v for k, v in meta.items() if not k.startswith("slurm_")}))
+                         {"env": env, **{k: v for k, v in meta.items() if not k.startswith("slurm_")}}))
         for check in result.get_asset_check_evaluations():
             rows.append((f"{check.asset_key.to_user_string()}:{check.check_name}",
                          "check passed" if check.passed else "check FAILED", "-", {}))
