@@ -412,3 +412,16 @@ def test_parse_duration_of_recorded_total_cpu():
             row = dict(zip(names, line.split("|")))
             assert parse_duration(row["TotalCPU"]) >= 0
             assert parse_duration(row["Elapsed"]) == int(row["ElapsedRaw"])
+
+
+@pytest.mark.parametrize("stderr, transient", [
+    ("sbatch: error: Batch job submission failed: Resource temporarily unavailable", True),
+    ("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)", True),
+    ("sbatch: error: Batch job submission failed: Invalid partition name specified", False),
+    ("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation", False),
+    ("sbatch: error: Invalid --time specification", False),
+])
+def test_transient_sbatch_errors(stderr, transient):
+    from dagster_slurm.slurm.parse import is_transient_sbatch_error
+
+    assert is_transient_sbatch_error(stderr) is transient

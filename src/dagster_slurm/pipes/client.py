@@ -22,12 +22,14 @@ from dagster_slurm.errors import (
     tail,
 )
 from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
-from dagster_slurm.slurm.parse import JobAccounting, parse_sbatch_job_id
+from dagster_slurm.slurm.parse import JobAccounting, is_transient_sbatch_error, parse_sbatch_job_id
 from dagster_slurm.slurm.script import JobScript, render_job_script
 from dagster_slurm.slurm.watcher import JobWatcher
 from dagster_slurm.transport.base import Transport
 
 log = logging.getLogger("dagster_slurm.pipes")
+
+SBATCH_ATTEMPTS = 5  # transient sbatch failures are retried after 1, 2, 4, 8 s
 
 NO_PIPES_HINT = (
     "The payload ran but never opened Dagster Pipes. It must call\n"
@@ -138,16 +140,28 @@ class SlurmPipesClient(PipesClient):
             f"cd {q(files.run_dir)} && jid=$(sbatch --parsable job.sh) && "
             f"printf '%s\\n' \"$jid\" > job_id{lease} && printf '%s\\n' \"$jid\""
         )
-        try:
-            result = self.transport.run(command, timeout=60)
-        except RemoteCommandError as exc:
-            raise ConfigurationError(
-                f"sbatch rejected the job: {exc.stderr_tail or 'no message'}\n"
-                f"Requested: {' '.join(f'--{k}={v}' for k, v in sorted(request.directives.items()))}. "
-                "Check SlurmQueueConfig (partition, time_limit, cpus, mem, ...) or the asset's "
-                "resource_requirements / slurm_resources metadata."
-            ) from None
-        return parse_sbatch_job_id(result.stdout)
+        for attempt in range(SBATCH_ATTEMPTS):
+            try:
+                result = self.transport.run(command, timeout=60)
+                return parse_sbatch_job_id(result.stdout)
+            except RemoteCommandError as exc:
+                if is_transient_sbatch_error(exc.stderr_tail) and attempt + 1 < SBATCH_ATTEMPTS:
+                    delay = 2.0 ** attempt
+                    log.warning("sbatch failed transiently (%s); retrying in %.0f s", exc.stderr_tail, delay)
+                    time.sleep(delay)
+                    continue
+                if is_transient_sbatch_error(exc.stderr_tail):
+                    raise SlurmJobError(
+                        f"sbatch kept failing after {SBATCH_ATTEMPTS} attempts: {exc.stderr_tail}. The Slurm "
+                        "controller is busy or unreachable; retry the run later.", "", "NOT_SUBMITTED", "",
+                        exc.stderr_tail) from None
+                raise ConfigurationError(
+                    f"sbatch rejected the job: {exc.stderr_tail or 'no message'}\n"
+                    f"Requested: {' '.join(f'--{k}={v}' for k, v in sorted(request.directives.items()))}. "
+                    "Check SlurmQueueConfig (partition, time_limit, cpus, mem, ...) or the asset's "
+                    "resource_requirements / slurm_resources metadata."
+                ) from None
+        raise AssertionError("unreachable")
 
     def _wait(self, context, job_id: str) -> JobAccounting:
         handle = self.watcher.watch(job_id)

@@ -25,6 +25,21 @@ def parse_sbatch_job_id(stdout: str) -> str:
     return job_id
 
 
+# sbatch failures worth retrying: the controller is busy or unreachable, so the job was certainly not
+# submitted (Slurm's own wording). "Socket timed out" is not here: the job may have been submitted.
+_TRANSIENT_SBATCH = (
+    "Resource temporarily unavailable",
+    "Unable to contact slurm controller",
+    "Slurm backup controller in standby mode",
+    "Job submit/allocate failed: Unspecified error",
+)
+
+
+def is_transient_sbatch_error(stderr: str) -> bool:
+    """True when sbatch failed for a reason that a later attempt may not meet (busy controller)."""
+    return any(marker.lower() in stderr.lower() for marker in _TRANSIENT_SBATCH)
+
+
 def normalise_state(raw: str) -> str:
     """``CANCELLED by 1000`` -> ``CANCELLED``; ``COMPLETED+`` -> ``COMPLETED``."""
     return raw.split()[0].rstrip("+") if raw.strip() else "UNKNOWN"
