@@ -92,16 +92,16 @@ def test_cache_inject_globs(pixi_project, slurm_resource, payloads):
     def build(version: str, which: str):
         folder, name = (shared_dist, "shared-lib") if which == "shared" else (workload_dist, "workload-lib")
         module = name.replace("-", "_")
-        for old in folder.glob("*.tar.bz2"):
+        for old in folder.glob("*.conda"):
             old.unlink()
         return make_custom_package(folder, name, "1.0", {
-            f"lib/python3.11/site-packages/{module}/__init__.py": f"VERSION = {version!r}\n"}, fmt=".tar.bz2")
+            f"lib/python3.11/site-packages/{module}/__init__.py": f"VERSION = {version!r}\n"}, fmt=".conda")
 
     build("1", "shared")
     build("1", "workload")
     pack_cmd = ["pixi-pack", "--environment", "default", "--platform", "{platform}", "--create-executable",
-                "--inject=projects/dagster-slurm-example-shared/dist/shared-lib-1.0-0.tar.bz2",
-                "--inject=projects/workload/dist/workload-lib-1.0-0.tar.bz2", "-o", "{output}"]
+                "--inject=projects/dagster-slurm-example-shared/dist/shared-lib-1.0-0.conda",
+                "--inject=projects/workload/dist/workload-lib-1.0-0.conda", "-o", "{output}"]
     compute = ComputeResource(
         mode="slurm",
         slurm=slurm_resource,
@@ -109,7 +109,7 @@ def test_cache_inject_globs(pixi_project, slurm_resource, payloads):
         # Only these inject patterns affect the cache key
         cache_inject_globs=[
             "../dist/dagster_slurm-*-py3-none-any.whl",
-            "projects/dagster-slurm-example-shared/dist/*.tar.bz2",
+            "projects/dagster-slurm-example-shared/dist/*.conda",
         ],
         pack_cmd=pack_cmd,
     )
