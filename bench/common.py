@@ -3,6 +3,7 @@
 import hashlib
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,9 @@ def src_fingerprint() -> str:
     for path in sorted((ROOT / "src").rglob("*.py")):
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def med(values):
+    """Median of the values that are not None (None if there are none)."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None

@@ -26,7 +26,6 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import load_cluster_env, src_fingerprint
+from common import load_cluster_env, med, src_fingerprint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -188,11 +187,6 @@ def child_dagster(variant: str, t_proc: float, base: str, lock: str, env_path: s
 # =============================================================================================== parent
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def fmt_s(v, digits=1):

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import load_cluster_env, src_fingerprint
+from common import load_cluster_env, med, src_fingerprint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -361,11 +360,6 @@ def run_child(variant: str, env_path: str, tmp: str, sleep: float) -> dict:
     raw = json.loads(Path(out).read_text())
     derived = derive_floor(raw, wall) if variant == "floor" else derive_dagster(raw, wall)
     return {"variant": variant, "raw": raw, **derived}
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def fmt_s(v, digits=2):
