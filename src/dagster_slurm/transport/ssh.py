@@ -379,7 +379,7 @@ _pool: dict[SSHSettings, SSHTransport] = {}
 
 
 def get_transport(settings: SSHSettings) -> SSHTransport:
-    """The process-wide transport for these settings: one SSH connection per process."""
+    """The process-wide transport for exactly these settings: one SSH connection per process and settings."""
     if settings.key_path and settings.password:
         raise ConfigurationError("SSH settings: key_path and password are both set; set only one.")
     with _pool_lock:
