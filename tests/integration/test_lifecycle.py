@@ -1,4 +1,9 @@
-"""Terminate cancels the job; a killed orchestrator does not; a retried step reattaches instead of resubmitting."""
+"""Exactly one Slurm job per step attempt across crashes and re-executions; terminate cancels, a crash does not.
+
+Each test drives real orchestrator processes (reexec_job.py: a DagsterInstance on disk, the multiprocess
+executor), kills their whole process tree with SIGKILL and re-executes from failure through Dagster's
+public API; jobs are counted in sacct by job name.
+"""
 
 import os
 import signal
@@ -7,75 +12,161 @@ import sys
 import time
 import uuid
 
+import dagster as dg
 import pytest
 
 pytestmark = pytest.mark.cluster
 
 HERE = os.path.dirname(__file__)
+SLEEPS = os.path.join(HERE, "..", "payloads", "sleeps.py")
 
 
-def _start(cluster_env, remote_base, pipes_env, run_id, seconds):
-    env = {**os.environ, **cluster_env, "TEST_REMOTE_BASE": remote_base, "TEST_ENV": pipes_env}
-    return subprocess.Popen([sys.executable, os.path.join(HERE, "run_sleeper.py"), run_id, str(seconds)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+class Orchestrator:
+    """One asset job's orchestrator processes for one test: start, kill -9, re-execute, inspect."""
+
+    def __init__(self, cluster_env, remote_base, pipes_env, home, payload=SLEEPS, seconds=8.0):
+        self.asset = f"sleeper_{uuid.uuid4().hex[:10]}"
+        self.home = str(home)
+        self.env = {**os.environ, **cluster_env, "DAGSTER_HOME": self.home, "TEST_ASSET": self.asset,
+                    "TEST_PAYLOAD": str(payload), "TEST_SECONDS": str(seconds), "TEST_REMOTE_BASE": remote_base,
+                    "TEST_ENV": pipes_env}
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+
+    def start(self, mode: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, os.path.join(HERE, "reexec_job.py"), mode], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+
+    def finish(self, mode: str, timeout: float = 180) -> str:
+        proc = self.start(mode)
+        out, _ = proc.communicate(timeout=timeout)
+        return out
+
+    @staticmethod
+    def kill_tree(proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)  # the orchestrator and its step processes, no cleanup
+        proc.communicate(timeout=30)
+
+    def jobs(self, transport) -> list[tuple[str, str]]:
+        """(job id, state) of every job of this test's asset, from sacct."""
+        name = f"dagster-{self.asset}"
+        out = transport.run(f"sacct -X -n -P -S now-2hours --name {name} -o JobID,State").stdout
+        jobs = dict(line.split("|")[:2] for line in out.split() if "|" in line)
+        queued = transport.run(f"squeue -h -t all -n {name} -o '%i|%T'").stdout  # sacct may lag behind
+        jobs.update(line.split("|")[:2] for line in queued.split() if "|" in line)
+        return sorted(jobs.items(), key=lambda item: int(item[0]))
+
+    def wait_job(self, transport, states, timeout=90) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = self.jobs(transport)
+            if jobs and jobs[-1][1].split(" ")[0] in states:
+                return jobs[-1][0]
+            time.sleep(0.3)
+        raise AssertionError(f"no job of {self.asset} reached {states}: {self.jobs(transport)}")
+
+    def latest_run(self):
+        instance = dg.DagsterInstance.from_config(self.home)
+        return instance, instance.get_runs(limit=1)[0]
+
+    def messages(self) -> list[str]:
+        instance, run = self.latest_run()
+        return [e.user_message for e in instance.all_logs(run.run_id)]
+
+    def metadata(self) -> dict:
+        instance, run = self.latest_run()
+        events = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        assert len(events) == 1, [e.user_message for e in instance.all_logs(run.run_id)][-20:]
+        return {k: v.value for k, v in events[0].asset_materialization.metadata.items()}
 
 
-def _job_id(transport, remote_base, run_id, timeout=60) -> str:
-    path = f"{remote_base}/runs/{run_id}/sleeper-r0/job_id"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data = transport.read_from(path)
-        if data and data.strip():
-            return data.decode().strip()
-        time.sleep(0.2)
-    raise AssertionError(f"no job was submitted within {timeout} s")
+@pytest.fixture
+def orchestrator(cluster_env, remote_base, pipes_env, tmp_path):
+    created = []
+
+    def make(**kw) -> Orchestrator:
+        home = tmp_path / f"home{len(created)}"
+        home.mkdir()
+        created.append(Orchestrator(cluster_env, remote_base, pipes_env, home, **kw))
+        return created[-1]
+
+    return make
 
 
-def _wait_state(transport, job_id, states, timeout=60) -> str:
-    deadline = time.monotonic() + timeout
-    state = ""
-    while time.monotonic() < deadline:
-        state = transport.run(f"sacct -X -n -P -o State -j {job_id}").stdout.strip()
-        if state.split(" ")[0] in states:
-            return state
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} still {state!r}, expected one of {states}")
-
-
-def test_terminate_cancels_the_job(cluster_env, transport, remote_base, pipes_env):
-    run_id = str(uuid.uuid4())
-    proc = _start(cluster_env, remote_base, pipes_env, run_id, 120)
-    job_id = _job_id(transport, remote_base, run_id)
-    _wait_state(transport, job_id, {"RUNNING"})
-    proc.send_signal(signal.SIGINT)  # what Dagster's run termination delivers to the step process
-    out, _ = proc.communicate(timeout=60)
-    assert "cancelling Slurm job" in out, out[-3000:]
-    assert _wait_state(transport, job_id, {"CANCELLED"}).startswith("CANCELLED")
-
-
-def test_killed_orchestrator_leaves_job_and_retry_reattaches(cluster_env, transport, remote_base, pipes_env):
-    run_id = str(uuid.uuid4())
-    first = _start(cluster_env, remote_base, pipes_env, run_id, 6)
-    job_id = _job_id(transport, remote_base, run_id)
-    _wait_state(transport, job_id, {"RUNNING"})
-    first.kill()  # the orchestrator dies without terminating the run
-    first.communicate(timeout=30)
+def test_reexecution_after_a_crash_reattaches_to_the_running_job(orchestrator, transport):
+    o = orchestrator(seconds=15)
+    first = o.start("run")
+    job_id = o.wait_job(transport, {"RUNNING"})
+    o.kill_tree(first)
     time.sleep(1)
-    assert _wait_state(transport, job_id, {"RUNNING", "COMPLETED"}) in ("RUNNING", "COMPLETED")
+    assert o.wait_job(transport, {"RUNNING"}) == job_id  # the crash did not cancel it
 
-    second = _start(cluster_env, remote_base, pipes_env, run_id, 6)
-    out, _ = second.communicate(timeout=120)
-    assert f"Reattaching to Slurm job {job_id}" in out, out[-3000:]
-    assert "Submitted Slurm job" not in out
+    out = o.finish("reexec")
     assert out.strip().endswith("SUCCESS"), out[-3000:]
-    assert _wait_state(transport, job_id, {"COMPLETED"}) == "COMPLETED"
+    _, run = o.latest_run()
+    assert run.parent_run_id and run.root_run_id  # a real re-execution: new run id, same root
+    assert any(f"Reattaching to Slurm job {job_id} submitted by run {run.root_run_id}" in m for m in o.messages()), \
+        "\n".join(o.messages())
+    assert not any("Submitted Slurm job" in m for m in o.messages())
+    assert o.metadata()["slept"] == 15 and o.metadata()["slurm_job_id"] == job_id
+    assert o.jobs(transport) == [(job_id, "COMPLETED")]
+
+
+def test_job_that_finished_while_no_orchestrator_ran_is_adopted(orchestrator, transport):
+    o = orchestrator(seconds=5)
+    first = o.start("run")
+    job_id = o.wait_job(transport, {"RUNNING"})
+    o.kill_tree(first)
+    assert o.wait_job(transport, {"COMPLETED"}) == job_id
+
+    out = o.finish("reexec")
+    assert out.strip().endswith("SUCCESS"), out[-3000:]
+    assert any(f"Adopting Slurm job {job_id}" in m for m in o.messages())
+    assert o.metadata()["slept"] == 5
+    assert o.jobs(transport) == [(job_id, "COMPLETED")]
+
+
+def test_changed_payload_submits_anew_and_names_the_old_job(orchestrator, transport, tmp_path):
+    payload = tmp_path / "sleeps.py"
+    payload.write_text(open(SLEEPS).read())
+    o = orchestrator(payload=payload, seconds=30)
+    first = o.start("run")
+    old = o.wait_job(transport, {"RUNNING"})
+    o.kill_tree(first)
+    payload.write_text(open(SLEEPS).read() + "\n# changed\n")
+    o.env["TEST_SECONDS"] = "1"  # and the inputs changed too
+    try:
+        out = o.finish("reexec")
+        assert out.strip().endswith("SUCCESS"), out[-3000:]
+        warnings = [m for m in o.messages() if f"Slurm job {old} " in m and f"scancel {old}" in m]
+        assert warnings, o.messages()[-20:]
+        new = o.metadata()["slurm_job_id"]
+        assert new != old
+        assert dict(o.jobs(transport))[old] == "RUNNING"  # never cancelled on the user's behalf
+        assert len(o.jobs(transport)) == 2
+    finally:
+        transport.run(f"scancel {old}", check=False)
+
+
+def test_terminate_cancels_and_its_reexecution_submits_anew(orchestrator, transport):
+    o = orchestrator(seconds=120)
+    first = o.start("run")
+    job_id = o.wait_job(transport, {"RUNNING"})
+    os.killpg(first.pid, signal.SIGINT)  # what Dagster's run termination delivers to the step process
+    out, _ = first.communicate(timeout=60)
+    assert o.wait_job(transport, {"CANCELLED"}) == job_id
+    assert any(f"cancelling Slurm job {job_id}" in m for m in o.messages()), out[-3000:]
+
+    o.env["TEST_SECONDS"] = "1"  # any payload: a terminated step's job is never reused
+    out = o.finish("reexec")
+    assert out.strip().endswith("SUCCESS"), out[-3000:]
+    jobs = o.jobs(transport)
+    assert len(jobs) == 2 and jobs[0] == (job_id, "CANCELLED") and jobs[1][1] == "COMPLETED"
 
 
 def test_dropped_ssh_connection_is_reopened_and_the_run_finishes(slurm, pipes_env, payloads):
     """Kill the sshd processes serving the test user mid-run: the run reconnects and succeeds."""
     import threading
-
-    import dagster as dg
 
     from dagster_slurm import ComputeResource
     from dagster_slurm.transport import get_transport

@@ -80,7 +80,7 @@ def test_pack_platform_override_and_debug_mode(pixi_project, slurm_resource, pay
     meta = _meta(result, "my_asset")
     assert meta["example_lib"] == "1.0/cpu"
     # debug_mode keeps the remote run folder (job script, logs)
-    run_dir = f"{slurm_resource.remote_base}/runs/{result.run_id}/my_asset-r0"
+    run_dir = transport.run(f"ls -d {slurm_resource.remote_base}/runs/{result.run_id}/my_asset-*/0").stdout.strip()
     assert transport.stat_size(f"{run_dir}/job.sh") is not None
     assert transport.stat_size(f"{run_dir}/stdout.log") is not None
 

@@ -24,10 +24,3 @@ def asset_metadata(context: dg.AssetExecutionContext | dg.OpExecutionContext) ->
 def _raw(value: Any) -> Any:
     """Metadata values may have been normalised into MetadataValue wrappers."""
     return getattr(value, "value", value) if isinstance(value, dg.MetadataValue) else value
-
-
-def run_identity(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> tuple[str, str, str, int]:
-    """(run id, step key, partition key or '', retry number) of the current step."""
-    step_key = context.get_step_execution_context().step.key
-    partition = context.partition_key if context.has_partition_key else ""
-    return context.run_id, step_key, partition, context.retry_number

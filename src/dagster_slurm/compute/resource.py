@@ -11,8 +11,9 @@ import dagster as dg
 from dagster import PipesClientCompletedInvocation
 from pydantic import Field
 
-from dagster_slurm.compute.context import asset_metadata, run_identity
+from dagster_slurm.compute.context import asset_metadata
 from dagster_slurm.compute.environment import PackSettings, resolve_environment
+from dagster_slurm.compute.identity import fingerprint, step_call
 from dagster_slurm.compute.launchers import BashLauncher
 from dagster_slurm.compute.local import run_local
 from dagster_slurm.compute.options import RunOptions, resolve_run_options
@@ -159,8 +160,8 @@ class ComputeResource(dg.ConfigurableResource):
         transport = get_transport(slurm.ssh.settings())
         watcher = watcher_for(transport, slurm.poll_interval_min, slurm.poll_interval_max)
         base = ensure_base(transport, slurm.remote_base or DEFAULT_REMOTE_BASE)
-        run_id, step_key, partition, retry = run_identity(context)
-        run_dir = f"{base}/runs/{run_id}/{job_name(step_key, partition)}-r{retry}"
+        call = step_call(context)
+        folder = f"{base}/runs/{call.root_run_id}/{call.readable}-{call.identity[:32]}"
 
         env = resolve_environment(
             self._pack_settings(), self.pre_deployed_env_path, metadata, transport, RemoteLayout(base),
@@ -170,15 +171,19 @@ class ComputeResource(dg.ConfigurableResource):
         if not env.packed:
             self._check_env(transport, env_path)
 
-        remote_payload, uploads = self._place_payload(transport, payload, options, env_path, run_dir)
+        remote_payload, uploads, payload_bytes = self._place_payload(transport, payload, options, env_path)
         directives = queue_directives(
             slurm.queue.model_dump(),
             {**(metadata.get(RESOURCES_METADATA_KEY) or {}), **(resource_requirements or {})},
         )
+        command = launcher.command(remote_payload, local=False)
         request = SlurmJobRequest(
-            run_dir=run_dir,
-            job_name=job_name("dagster", step_key, partition),
-            command=launcher.command(remote_payload, local=False),
+            folder=folder,
+            run_id=context.run_id,
+            fingerprint=fingerprint(payload=payload_bytes, command=command, directives=directives,
+                                    env_path=env_path, extras=extras, extra_env=extra_env),
+            job_name=job_name("dagster", call.readable),
+            command=command,
             directives=directives,
             activate=f"{env_path}/activate.sh",
             env=dict(extra_env or {}),
@@ -186,29 +191,33 @@ class ComputeResource(dg.ConfigurableResource):
             keep_run_dir=self.debug_mode,
             metadata={"slurm_environment": env_path, **env.metadata},
             lease_dir=f"{env_path}/.leases" if env.packed else None,
+            sbatch_timeout=slurm.ssh.command_timeout,
         )
         client = SlurmPipesClient(transport, watcher, job_timeout=slurm.job_timeout,
                                   output_poll_max=slurm.output_poll_interval_max)
         return client.run(context=context, request=request, extras=extras)
 
     # -- helpers
-    def _place_payload(self, transport, payload: str, options: RunOptions, env_path: str,
-                       run_dir: str) -> tuple[str, list[tuple[str, str]]]:
-        """Where the job finds the payload, and what to upload for that."""
+    def _place_payload(self, transport, payload: str, options: RunOptions,
+                       env_path: str) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Where the job finds the payload (uploaded: a name in its run folder, the job's working
+        directory), what to upload for that, and what identifies the payload's content."""
         if not options.skip_payload_upload:
             local = self._local_payload(payload)
-            remote = f"{run_dir}/{os.path.basename(local)}"
-            return remote, [(local, remote)]
+            with open(local, "rb") as fh:
+                content = fh.read()
+            return os.path.basename(local), [(local, os.path.basename(local))], content
         remote = transport.absolute(
             options.remote_payload_path or posixpath.join(env_path, "scripts", os.path.basename(payload))
         )
-        if transport.stat_size(remote) is None:
+        attrs = transport.stat_size(remote), transport.stat_mtime(remote)
+        if attrs[0] is None:
             raise ConfigurationError(
                 f"skip_payload_upload is set ({options.sources['skip_payload_upload']}) but there is no "
                 f"payload at {remote} on the cluster. Deploy it there (dagster-slurm deploy uploads "
                 "scripts/), set remote_payload_path, or unset skip_payload_upload."
             )
-        return remote, []
+        return remote, [], f"{remote}|{attrs[0]}|{attrs[1]}".encode()
 
     def _pack_settings(self) -> PackSettings:
         return PackSettings(

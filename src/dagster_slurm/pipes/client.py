@@ -12,24 +12,18 @@ from typing import Any
 
 import dagster as dg
 from dagster import PipesClient, PipesClientCompletedInvocation, PipesEnvContextInjector, open_pipes_session
-from dagster._core.errors import DagsterExecutionInterruptedError
 
-from dagster_slurm.errors import (
-    ConfigurationError,
-    RemoteCommandError,
-    RemoteFileError,
-    SlurmJobError,
-    tail,
-)
+from dagster_slurm.errors import ConfigurationError, SlurmJobError, tail
+from dagster_slurm.pipes.attempts import Placement, StepCallLedger
 from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
-from dagster_slurm.slurm.parse import JobAccounting, is_transient_sbatch_error, parse_sbatch_job_id
+from dagster_slurm.slurm.ledger import Attempt
+from dagster_slurm.slurm.parse import JobAccounting
 from dagster_slurm.slurm.script import JobScript, render_job_script
 from dagster_slurm.slurm.watcher import JobWatcher
 from dagster_slurm.transport.base import Transport
 
 log = logging.getLogger("dagster_slurm.pipes")
 
-SBATCH_ATTEMPTS = 5  # transient sbatch failures are retried after 1, 2, 4, 8 s
 
 NO_PIPES_HINT = (
     "The payload ran but never opened Dagster Pipes. It must call\n"
@@ -44,16 +38,19 @@ NO_PIPES_HINT = (
 class SlurmJobRequest:
     """What to run: produced by the compute layer, consumed by :class:`SlurmPipesClient`."""
 
-    run_dir: str  # absolute, unique per run, step and retry
+    folder: str  # absolute: this step call's folder (ledger + attempt run folders)
+    run_id: str  # the Dagster run asking
+    fingerprint: str  # of what the job runs; an earlier job with another fingerprint is not reused
     job_name: str
     command: Sequence[str]
     directives: Mapping[str, str]
     activate: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-    uploads: Sequence[tuple[str, str]] = ()  # (local path, remote path)
+    uploads: Sequence[tuple[str, str]] = ()  # (local path, file name in the run folder, the job's cwd)
     keep_run_dir: bool = False
     metadata: Mapping[str, object] = field(default_factory=dict)  # added to the materialization
     lease_dir: str | None = None  # a file named after the job id goes here, so gc keeps the env
+    sbatch_timeout: float = 120.0  # cluster-side bound of one sbatch call
 
 
 def env_file_text(env: Mapping[str, str]) -> str:
@@ -64,7 +61,8 @@ def env_file_text(env: Mapping[str, str]) -> str:
 
 
 class SlurmPipesClient(PipesClient):
-    """Runs one payload as a Slurm batch job and streams its Pipes messages back."""
+    """Runs one payload as a Slurm batch job (or finds the one already running it) and streams its
+    Pipes messages back."""
 
     def __init__(self, transport: Transport, watcher: JobWatcher, *, job_timeout: float | None = None,
                  output_poll_max: float = 0.5):
@@ -80,51 +78,68 @@ class SlurmPipesClient(PipesClient):
         request: SlurmJobRequest,
         extras: Mapping[str, object] | None = None,
     ) -> PipesClientCompletedInvocation:
-        files = RunFiles(request.run_dir)
+        ledger = StepCallLedger(self.transport, request.folder, sbatch_timeout=request.sbatch_timeout)
+        placement = ledger.place(Attempt(-1, None, request.run_id, request.fingerprint, request.job_name))
+        self._say(context, placement)
+        files = RunFiles(placement.run_dir)
         reader = SlurmRunMessageReader(self.transport, files, on_exit=self.watcher.poke,
                                        min_interval=self.watcher.min_interval, max_interval=self.output_poll_max)
         with open_pipes_session(
             context=context, context_injector=PipesEnvContextInjector(), message_reader=reader, extras=extras
         ) as session:
-            job_id = self._existing_job(files)
-            if job_id:
-                context.log.info(f"Reattaching to Slurm job {job_id} submitted earlier for this step.")
-            else:
-                self._stage(request, {**request.env, **session.get_bootstrap_env_vars()})
-                job_id = self._submit(files, request)
+            job_id = placement.attempt.job_id
+            if job_id is None:
+                self._stage(request, files, {**request.env, **session.get_bootstrap_env_vars()})
+                job_id = ledger.submit(placement, request.lease_dir, self._describe(request))
+                placement.attempt.job_id = job_id
                 context.log.info(f"Submitted Slurm job {job_id} ({request.job_name}); run folder {files.run_dir}")
             reader.start()
             acct = self._wait(context, job_id)
             reader.drain()
-            self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files)
-        if not request.keep_run_dir:
-            self.transport.run(f"rm -rf -- {shlex.quote(files.run_dir)}", check=False)
+            try:
+                self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files)
+            except SlurmJobError:
+                ledger.report(placement, acct.state, success=False, keep=True)
+                raise
+            ledger.report(placement, acct.state, success=True, keep=request.keep_run_dir)
         metadata: dict[str, Any] = {**acct.metadata(), **request.metadata}
         return PipesClientCompletedInvocation(session, metadata=metadata)
 
     # -- steps
-    def _existing_job(self, files: RunFiles) -> str | None:
-        """A job id recorded by an earlier attempt of this same step (same run, step and retry)."""
-        data = self.transport.read_from(files.path("job_id"))
-        return data.decode().strip() if data and data.strip().isdigit() else None
+    @staticmethod
+    def _say(context, placement: Placement) -> None:
+        decision, attempt = placement.decision, placement.attempt
+        if decision.still_running is not None:
+            old = decision.still_running
+            context.log.warning(
+                f"Slurm job {old.job_id} (submitted by run {old.run_id}) runs an older version of this step "
+                "(its payload, inputs or settings differ) and is still queued or running. Submitting a new "
+                f"job; stop the old one with `scancel {old.job_id}` if it is no longer wanted."
+            )
+        if decision.action == "reattach":
+            context.log.info(f"Reattaching to Slurm job {attempt.job_id} submitted by run {attempt.run_id} "
+                             f"({decision.why}); run folder {placement.run_dir}")
+        elif decision.action == "adopt":
+            context.log.info(f"Adopting Slurm job {attempt.job_id} submitted by run {attempt.run_id}: it "
+                             f"completed while no orchestrator watched it; replaying its results, no new job.")
+        elif decision.attempt is not None:
+            context.log.info(f"Not reusing an earlier job: {decision.why}.")
 
-    def _stage(self, request: SlurmJobRequest, env: Mapping[str, str]) -> None:
+    @staticmethod
+    def _describe(request: SlurmJobRequest) -> str:
+        return (f"Requested: {' '.join(f'--{k}={v}' for k, v in sorted(request.directives.items()))}. "
+                "Check SlurmQueueConfig (partition, time_limit, cpus, mem, ...) or the asset's "
+                "resource_requirements / slurm_resources metadata.")
+
+    def _stage(self, request: SlurmJobRequest, files: RunFiles, env: Mapping[str, str]) -> None:
         t = self.transport
-        try:
-            t.mkdir_p(request.run_dir)
-        except RemoteFileError as exc:
-            raise ConfigurationError(
-                f"Cannot create the run folder {request.run_dir} on the cluster: {exc}. "
-                "Set SlurmResource.remote_base (SLURM_DEPLOYMENT_BASE_PATH) to a folder you can write."
-            ) from None
-        for local, remote in request.uploads:
-            t.put_file(local, remote)
-        files = RunFiles(request.run_dir)
+        for local, name in request.uploads:
+            t.put_file(local, files.path(name))
         t.write_bytes(files.path("env.sh"), env_file_text(env).encode(), mode=0o600)
         script = render_job_script(
             JobScript(
                 job_name=request.job_name,
-                run_dir=request.run_dir,
+                run_dir=files.run_dir,
                 command=request.command,
                 directives=request.directives,
                 env_file=files.path("env.sh"),
@@ -132,36 +147,6 @@ class SlurmPipesClient(PipesClient):
             )
         )
         t.write_bytes(files.path("job.sh"), script.encode(), mode=0o700)
-
-    def _submit(self, files: RunFiles, request: SlurmJobRequest) -> str:
-        q = shlex.quote
-        lease = f" && {{ touch {q(request.lease_dir)}/\"$jid\" 2>/dev/null || true; }}" if request.lease_dir else ""
-        command = (
-            f"cd {q(files.run_dir)} && jid=$(sbatch --parsable job.sh) && "
-            f"printf '%s\\n' \"$jid\" > job_id{lease} && printf '%s\\n' \"$jid\""
-        )
-        for attempt in range(SBATCH_ATTEMPTS):
-            try:
-                result = self.transport.run(command, timeout=60)
-                return parse_sbatch_job_id(result.stdout)
-            except RemoteCommandError as exc:
-                if is_transient_sbatch_error(exc.stderr_tail) and attempt + 1 < SBATCH_ATTEMPTS:
-                    delay = 2.0 ** attempt
-                    log.warning("sbatch failed transiently (%s); retrying in %.0f s", exc.stderr_tail, delay)
-                    time.sleep(delay)
-                    continue
-                if is_transient_sbatch_error(exc.stderr_tail):
-                    raise SlurmJobError(
-                        f"sbatch kept failing after {SBATCH_ATTEMPTS} attempts: {exc.stderr_tail}. The Slurm "
-                        "controller is busy or unreachable; retry the run later.", "", "NOT_SUBMITTED", "",
-                        exc.stderr_tail) from None
-                raise ConfigurationError(
-                    f"sbatch rejected the job: {exc.stderr_tail or 'no message'}\n"
-                    f"Requested: {' '.join(f'--{k}={v}' for k, v in sorted(request.directives.items()))}. "
-                    "Check SlurmQueueConfig (partition, time_limit, cpus, mem, ...) or the asset's "
-                    "resource_requirements / slurm_resources metadata."
-                ) from None
-        raise AssertionError("unreachable")
 
     def _wait(self, context, job_id: str) -> JobAccounting:
         handle = self.watcher.watch(job_id)
@@ -179,7 +164,7 @@ class SlurmPipesClient(PipesClient):
                         f"cancel it with `scancel {job_id}` if needed.",
                         job_id, handle.state, "", "",
                     )
-        except (DagsterExecutionInterruptedError, KeyboardInterrupt):
+        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
             context.log.warning(f"Run terminated: cancelling Slurm job {job_id} (scancel).")
             self.transport.run(f"scancel {job_id}", check=False, timeout=30)
             raise
