@@ -60,14 +60,14 @@ def _instrument(transport, rec: dict) -> None:
 
     Costs microseconds per call and no remote traffic: the job's end is read with a *local* stat of
     the run folder's exit_code file (the cluster shares this machine's filesystem) right before the
-    library's own ``rm -rf`` of that folder.
+    library's own ``rm -rf`` of its step-call folder (attempt 0 is the run folder: a fresh run).
     """
     ops = rec.setdefault("ops", [])
     orig_run, orig_file_op, orig_read_many = transport.run, transport._file_op, transport.read_many
 
     def run(command, **kw):
         if command.startswith("rm -rf -- ") and "job_end" not in rec:
-            run_dir = shlex.split(command)[-1]
+            run_dir = os.path.join(shlex.split(command)[3], "0")  # step-call folder / attempt 0
             for name in ("exit_code", "stdout.log", "messages.jsonl"):
                 try:
                     rec.setdefault("files", {})[name] = os.stat(os.path.join(run_dir, name)).st_mtime

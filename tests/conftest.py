@@ -92,3 +92,45 @@ PAYLOADS = ROOT / "tests" / "payloads"
 @pytest.fixture
 def payloads() -> Path:
     return PAYLOADS
+
+
+SBATCH_WRAPPER = "/usr/local/bin/sbatch"  # before /usr/bin on the cluster user's PATH (the cluster is this machine)
+SBATCH_MARKER = "/tmp/dagster-slurm-test-sbatch-answered"
+
+
+@pytest.fixture
+def misbehaving_sbatch(cluster_env):
+    """An sbatch on the cluster's PATH that misbehaves for job scripts naming a marker, like a login node
+    whose sbatch answer gets lost: ``sbatch_hangs_`` submits, prints the job id and hangs;
+    ``sbatch_cuts_`` submits, then cuts the user's SSH connections and hangs; ``sbatch_orphans_``
+    submits, touches SBATCH_MARKER and hangs (the test kills the orchestrator then); ``sbatch_never_``
+    touches SBATCH_MARKER and hangs without submitting. Other jobs go straight to Slurm's sbatch."""
+    script = f"""#!/bin/sh
+case "$(cat job.sh 2>/dev/null)" in
+  *sbatch_never_*) : > {SBATCH_MARKER}; exec sleep 600 ;;
+esac
+out=$(/usr/bin/sbatch "$@") || exit $?
+echo "$out"
+case "$(cat job.sh 2>/dev/null)" in
+  *sbatch_hangs_*) exec sleep 600 ;;
+  *sbatch_cuts_*) pkill -KILL -u "$(id -un)" -x sshd; exec sleep 600 ;;
+  *sbatch_orphans_*) : > {SBATCH_MARKER}; exec sleep 600 ;;
+esac
+"""
+    class Wrapper:
+        marker = SBATCH_MARKER
+
+        @staticmethod
+        def remove() -> None:
+            for path in (SBATCH_WRAPPER, SBATCH_MARKER):
+                if os.path.exists(path):
+                    os.remove(path)
+
+    Wrapper.remove()
+    with open(SBATCH_WRAPPER, "w") as fh:
+        fh.write(script)
+    os.chmod(SBATCH_WRAPPER, 0o755)
+    try:
+        yield Wrapper
+    finally:
+        Wrapper.remove()

@@ -3,6 +3,7 @@ public API with a real DagsterInstance (DAGSTER_HOME), the multiprocess executor
 
 Usage: python reexec_job.py run|reexec
 Environment: DAGSTER_HOME, TEST_ASSET (asset name), TEST_PAYLOAD, TEST_SECONDS, TEST_REMOTE_BASE, TEST_ENV,
+optionally TEST_COMMAND_TIMEOUT,
 the cluster's SLURM_EDGE_NODE_* settings and TESTCLUSTER_KNOWN_HOSTS.
 Prints "SUCCESS" or "FAILURE" at the end.
 """
@@ -23,7 +24,8 @@ def sleeper(context: dg.AssetExecutionContext, compute: ComputeResource):
 
 
 def resources() -> dict:
-    ssh = SSHConnectionResource.from_env(known_hosts_file=os.environ["TESTCLUSTER_KNOWN_HOSTS"])
+    ssh = SSHConnectionResource.from_env(known_hosts_file=os.environ["TESTCLUSTER_KNOWN_HOSTS"],
+                                         command_timeout=float(os.environ.get("TEST_COMMAND_TIMEOUT", 120)))
     slurm = SlurmResource(ssh=ssh, remote_base=os.environ["TEST_REMOTE_BASE"],
                           queue=SlurmQueueConfig(mem="128M", time_limit="00:05:00"))
     return {"compute": ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=os.environ["TEST_ENV"])}

@@ -14,6 +14,7 @@ import uuid
 
 import dagster as dg
 import pytest
+from cluster_jobs import jobs_named
 
 pytestmark = pytest.mark.cluster
 
@@ -24,8 +25,8 @@ SLEEPS = os.path.join(HERE, "..", "payloads", "sleeps.py")
 class Orchestrator:
     """One asset job's orchestrator processes for one test: start, kill -9, re-execute, inspect."""
 
-    def __init__(self, cluster_env, remote_base, pipes_env, home, payload=SLEEPS, seconds=8.0):
-        self.asset = f"sleeper_{uuid.uuid4().hex[:10]}"
+    def __init__(self, cluster_env, remote_base, pipes_env, home, payload=SLEEPS, seconds=8.0, prefix="sleeper"):
+        self.asset = f"{prefix}_{uuid.uuid4().hex[:10]}"
         self.home = str(home)
         self.env = {**os.environ, **cluster_env, "DAGSTER_HOME": self.home, "TEST_ASSET": self.asset,
                     "TEST_PAYLOAD": str(payload), "TEST_SECONDS": str(seconds), "TEST_REMOTE_BASE": remote_base,
@@ -49,12 +50,7 @@ class Orchestrator:
 
     def jobs(self, transport) -> list[tuple[str, str]]:
         """(job id, state) of every job of this test's asset, from sacct."""
-        name = f"dagster-{self.asset}"
-        out = transport.run(f"sacct -X -n -P -S now-2hours --name {name} -o JobID,State").stdout
-        jobs = dict(line.split("|")[:2] for line in out.split() if "|" in line)
-        queued = transport.run(f"squeue -h -t all -n {name} -o '%i|%T'").stdout  # sacct may lag behind
-        jobs.update(line.split("|")[:2] for line in queued.split() if "|" in line)
-        return sorted(jobs.items(), key=lambda item: int(item[0]))
+        return jobs_named(transport, f"dagster-{self.asset}")
 
     def wait_job(self, transport, states, timeout=90) -> str:
         deadline = time.monotonic() + timeout
@@ -162,6 +158,47 @@ def test_terminate_cancels_and_its_reexecution_submits_anew(orchestrator, transp
     assert out.strip().endswith("SUCCESS"), out[-3000:]
     jobs = o.jobs(transport)
     assert len(jobs) == 2 and jobs[0] == (job_id, "CANCELLED") and jobs[1][1] == "COMPLETED"
+
+
+def _wait_file(path: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.1)
+
+
+def test_crash_between_sbatch_and_the_ledger_finds_the_job(orchestrator, transport, misbehaving_sbatch):
+    """sbatch submitted, then the orchestrator died before the ledger line was written: the
+    re-execution finds the job by name and run folder, records it, and reattaches. One job."""
+    o = orchestrator(seconds=10, prefix="sbatch_orphans")
+    first = o.start("run")
+    _wait_file(misbehaving_sbatch.marker)
+    o.kill_tree(first)
+    job_id = o.wait_job(transport, {"PENDING", "RUNNING"})
+
+    out = o.finish("reexec")
+    assert out.strip().endswith("SUCCESS"), out[-3000:]
+    messages = o.messages()
+    assert any(m.startswith(f"Slurm job {job_id} of ") and "missing from the ledger" in m for m in messages)
+    assert any(f"Slurm job {job_id} submitted by run" in m for m in messages)  # reattached or adopted
+    assert o.metadata()["slurm_job_id"] == job_id
+    assert o.jobs(transport) == [(job_id, "COMPLETED")]
+
+
+def test_crash_during_an_sbatch_that_never_submitted_submits_once(orchestrator, transport, misbehaving_sbatch):
+    """The orchestrator died while its sbatch hung without submitting: the re-execution closes that
+    attempt, waits out the sbatch's cluster-side timeout, finds no job, and submits exactly one."""
+    o = orchestrator(seconds=1, prefix="sbatch_never")
+    o.env["TEST_COMMAND_TIMEOUT"] = "4"
+    first = o.start("run")
+    _wait_file(misbehaving_sbatch.marker)
+    o.kill_tree(first)
+    misbehaving_sbatch.remove()  # the cluster's sbatch works again
+    assert o.jobs(transport) == []
+    out = o.finish("reexec")
+    assert out.strip().endswith("SUCCESS"), out[-3000:]
+    assert any("was left unfinished" in m and "submitted no job" in m for m in o.messages()), o.messages()
+    assert [state for _, state in o.jobs(transport)] == ["COMPLETED"]
 
 
 def test_dropped_ssh_connection_is_reopened_and_the_run_finishes(slurm, pipes_env, payloads):

@@ -8,7 +8,6 @@ attempt and, when sbatch's answer is lost, looks the job up instead of submittin
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import time
@@ -24,7 +23,6 @@ from dagster_slurm.errors import (
     SSHConnectionError,
 )
 from dagster_slurm.slurm.ledger import (
-    ATTEMPT_RECORD,
     CLOSED,
     GUARD_TAKEN,
     LEDGER,
@@ -42,6 +40,7 @@ from dagster_slurm.slurm.ledger import (
     submit_command,
 )
 from dagster_slurm.slurm.parse import is_transient_sbatch_error, parse_sbatch_job_id
+from dagster_slurm.slurm.script import attempt_from_script
 from dagster_slurm.transport.base import Transport
 
 log = logging.getLogger("dagster_slurm.pipes")
@@ -66,8 +65,9 @@ class Placement:
 
 class StepCallLedger:
     def __init__(self, transport: Transport, folder: str, *, sbatch_timeout: float,
-                 sleep: Callable[[float], None] = time.sleep):
+                 warn: Callable[[str], None] = log.warning, sleep: Callable[[float], None] = time.sleep):
         self.transport = transport
+        self._warn = warn
         self.folder = folder
         self.sbatch_timeout = sbatch_timeout
         self._sleep = sleep
@@ -94,9 +94,10 @@ class StepCallLedger:
                 assert latest is not None
                 return Placement(self.folder, latest, decision)
             n = claimed[-1] + 1 if claimed else 0
-            if self._claim(n, template):
+            if self._claim(n, folder_exists=bool(claimed) or bool(attempts)):
                 return Placement(self.folder, Attempt(n, None, template.run_id, template.fingerprint,
-                                                      template.job_name), decision)
+                                                      template.job_name, sbatch_timeout=self.sbatch_timeout),
+                                 decision)
         raise DagsterSlurmError(f"Could not claim an attempt in {self.folder}: other processes kept claiming "
                                 "first. Is the same step running in several orchestrators at once?")
 
@@ -107,34 +108,43 @@ class StepCallLedger:
         data = self.transport.read_from(f"{self.folder}/{LEDGER}", 0, 1 << 24) if LEDGER in names else None
         return parse_ledger((data or b"").decode(errors="replace")), claims(names)
 
-    def _claim(self, n: int, template: Attempt) -> bool:
-        self.transport.mkdir_p(self.folder)
+    def _claim(self, n: int, folder_exists: bool) -> bool:
+        """Create attempt n's run folder: atomic, so exactly one process claims each attempt."""
+        path = f"{self.folder}/{n}"
+        if not folder_exists:
+            for parent in (self.folder.rsplit("/", 1)[0], self.folder):
+                try:
+                    self.transport.mkdir(parent)
+                except RemoteFileError:
+                    pass  # it exists; any other cause shows in the mkdir below
         try:
-            self.transport.mkdir(f"{self.folder}/{n}")
-        except RemoteFileError:
-            return False  # another process claimed attempt n first
-        record = Attempt(n, None, template.run_id, template.fingerprint, template.job_name).record()
-        self.transport.write_bytes(f"{self.folder}/{n}/{ATTEMPT_RECORD}", json.dumps(record).encode(), mode=0o600)
-        return True
+            self.transport.mkdir(path)
+            return True
+        except RemoteFileError as exc:
+            if self.transport.stat_size(path) is not None:
+                return False  # another process claimed attempt n first
+            raise ConfigurationError(
+                f"Cannot create the run folder {path} on the cluster: {exc}. Set SlurmResource.remote_base "
+                "(SLURM_DEPLOYMENT_BASE_PATH) to a folder you can write, with free space and inodes."
+            ) from None
 
     def _settle_orphan(self, n: int, known: Attempt) -> Attempt | None:
         """Attempt n was claimed but has no job in the ledger: its claimer is gone or mid-way. Close it
         (no further sbatch try may start) and find out whether a try submitted a job."""
         run_dir = f"{self.folder}/{n}"
         self.transport.mkdir_p(f"{run_dir}/{CLOSED}")
-        raw = self.transport.read_from(f"{run_dir}/{ATTEMPT_RECORD}")
-        try:
-            record = json.loads(raw or b"{}")
-        except ValueError:
-            record = {}
+        # the job script carries the attempt's record; without a job script no sbatch try ever started
+        record = attempt_from_script((self.transport.read_from(f"{run_dir}/job.sh") or b"").decode(errors="replace"))
         attempt = Attempt(n, None, str(record.get("run_id", "")), str(record.get("fingerprint", "")),
-                          str(record.get("job_name", "")))
+                          str(record.get("job_name", "")), sbatch_timeout=float(record.get("sbatch_timeout") or 0))
         job_id = self._find_job(attempt) if attempt.job_name else None
         if job_id is None:
+            self._warn(f"Attempt {n} of this step ({run_dir}) was left unfinished by an earlier orchestrator "
+                       "and submitted no job; it is closed.")
             return None
         attempt.job_id = job_id
         self._append(ledger_line(attempt.record()))  # repair the ledger
-        log.warning("Slurm job %s of %s was missing from the ledger; recorded it", job_id, run_dir)
+        self._warn(f"Slurm job {job_id} of {run_dir} was missing from the ledger; recorded it.")
         return attempt
 
     def _find_job(self, attempt: Attempt) -> str | None:
@@ -149,7 +159,8 @@ class StepCallLedger:
                 return found.job_ids[0]
             if not found.now:
                 raise DagsterSlurmError(f"Could not look up job {attempt.job_name} on the cluster: {out.stderr}")
-            if found.newest_try_at is None or found.now > found.newest_try_at + self.sbatch_timeout + LOOKUP_MARGIN:
+            bound = max(self.sbatch_timeout, attempt.sbatch_timeout) + LOOKUP_MARGIN
+            if found.newest_try_at is None or found.now > found.newest_try_at + bound:
                 return None
             self._sleep(2.0)
 
@@ -181,7 +192,7 @@ class StepCallLedger:
                             "controller is busy or unreachable; retry the run later.", "", "NOT_SUBMITTED", "",
                             exc.stderr_tail) from None
                     delay = 2.0 ** try_number
-                    log.warning("sbatch failed transiently (%s); retrying in %.0f s", exc.stderr_tail, delay)
+                    self._warn(f"sbatch failed transiently ({exc.stderr_tail}); retrying in {delay:.0f} s.")
                     self._sleep(delay)
                     continue
                 if exc.exit_status is not None and exc.exit_status < 124 and "timed out" not in exc.stderr_tail:
@@ -189,14 +200,15 @@ class StepCallLedger:
                         f"sbatch rejected the job: {exc.stderr_tail or 'no message'}\n{describe_request}"
                     ) from None
                 what = f"sbatch's answer was lost ({exc.stderr_tail or 'timed out'})"
-            except SSHConnectionError as exc:
-                what = f"the connection dropped during sbatch ({exc})"
-            log.warning("%s; looking the job up before anything is submitted again", what)
+            except SSHConnectionError:
+                what = "the connection dropped during sbatch"
+            self._warn(f"{what}; looking the job up before anything is submitted again.")
             job_id = self._find_job(attempt)
             if job_id is not None:
                 self._append(ledger_line({**attempt.record(), "job_id": job_id}))
+                self._warn(f"Found Slurm job {job_id}: sbatch had submitted it; using it, nothing resubmitted.")
                 return job_id
-            log.warning("sbatch try %d of %s provably submitted nothing; trying again", try_number, placement.run_dir)
+            self._warn(f"sbatch try {try_number} of {placement.run_dir} provably submitted nothing; trying again.")
         raise SlurmJobError(f"sbatch gave no usable answer in {SBATCH_TRIES} tries; nothing is running for "
                             f"{placement.run_dir}.", "", "NOT_SUBMITTED", "", "")
 
@@ -208,7 +220,7 @@ class StepCallLedger:
         q = shlex.quote
         if success and not keep:
             parent = self.folder.rsplit("/", 1)[0]
-            command = f"rm -rf -- {q(self.folder)}; rmdir {q(parent)} 2>/dev/null; true"
+            command = f"rm -rf -- {q(self.folder)} ; rmdir {q(parent)} 2>/dev/null ; true"
         else:
             command = f"{reported_command(self.folder, placement.attempt.n, state)}; " \
                       f"rm -f -- {q(placement.run_dir + '/env.sh')}"

@@ -78,7 +78,8 @@ class SlurmPipesClient(PipesClient):
         request: SlurmJobRequest,
         extras: Mapping[str, object] | None = None,
     ) -> PipesClientCompletedInvocation:
-        ledger = StepCallLedger(self.transport, request.folder, sbatch_timeout=request.sbatch_timeout)
+        ledger = StepCallLedger(self.transport, request.folder, sbatch_timeout=request.sbatch_timeout,
+                                warn=context.log.warning)
         placement = ledger.place(Attempt(-1, None, request.run_id, request.fingerprint, request.job_name))
         self._say(context, placement)
         files = RunFiles(placement.run_dir)
@@ -89,7 +90,7 @@ class SlurmPipesClient(PipesClient):
         ) as session:
             job_id = placement.attempt.job_id
             if job_id is None:
-                self._stage(request, files, {**request.env, **session.get_bootstrap_env_vars()})
+                self._stage(request, placement, {**request.env, **session.get_bootstrap_env_vars()})
                 job_id = ledger.submit(placement, request.lease_dir, self._describe(request))
                 placement.attempt.job_id = job_id
                 context.log.info(f"Submitted Slurm job {job_id} ({request.job_name}); run folder {files.run_dir}")
@@ -131,8 +132,9 @@ class SlurmPipesClient(PipesClient):
                 "Check SlurmQueueConfig (partition, time_limit, cpus, mem, ...) or the asset's "
                 "resource_requirements / slurm_resources metadata.")
 
-    def _stage(self, request: SlurmJobRequest, files: RunFiles, env: Mapping[str, str]) -> None:
+    def _stage(self, request: SlurmJobRequest, placement: Placement, env: Mapping[str, str]) -> None:
         t = self.transport
+        files = RunFiles(placement.run_dir)
         for local, name in request.uploads:
             t.put_file(local, files.path(name))
         t.write_bytes(files.path("env.sh"), env_file_text(env).encode(), mode=0o600)
@@ -144,6 +146,7 @@ class SlurmPipesClient(PipesClient):
                 directives=request.directives,
                 env_file=files.path("env.sh"),
                 activate=request.activate,
+                attempt=placement.attempt.record(),
             )
         )
         t.write_bytes(files.path("job.sh"), script.encode(), mode=0o700)

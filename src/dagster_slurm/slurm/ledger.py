@@ -5,7 +5,8 @@ Layout, under ``{base}/runs/{root run id}/{label}-{identity}/``::
     ledger.jsonl     one JSON line per event: {"n", "job_id", "run_id", "fingerprint", "job_name", "at"}
                      when attempt n was submitted, {"n", "reported": STATE} when an orchestrator consumed it
     0/, 1/, ...      attempt folders (the job's run folder). Creating one (mkdir, atomic) claims attempt n.
-    n/attempt.json   the attempt's record before its sbatch (to repair the ledger after a lost answer)
+    n/job.sh         the job script; a comment in it holds the attempt's record (to repair the ledger
+                     after a lost sbatch answer)
     n/sbatch.k/      created (mkdir, atomic) right before the k-th sbatch try of attempt n (the
                      claimer retries only when try k provably submitted nothing)
     n/closed/        made by a process that found attempt n unfinished (claimer gone): no further try
@@ -27,7 +28,6 @@ from dagster_slurm.slurm.parse import TERMINAL_STATES, normalise_state
 LEDGER = "ledger.jsonl"
 SBATCH_GUARD = "sbatch"
 CLOSED = "closed"
-ATTEMPT_RECORD = "attempt.json"
 GUARD_TAKEN = 75  # exit status of the submit command when the try was taken or the attempt closed
 
 
@@ -39,10 +39,11 @@ class Attempt:
     fingerprint: str = ""
     job_name: str = ""
     reported: str | None = None  # the outcome an orchestrator reported; None while nobody consumed it
+    sbatch_timeout: float = 0.0  # the cluster-side bound its sbatch tries ran under
 
     def record(self) -> dict[str, object]:
         return {"n": self.n, "job_id": self.job_id, "run_id": self.run_id, "fingerprint": self.fingerprint,
-                "job_name": self.job_name}
+                "job_name": self.job_name, "sbatch_timeout": self.sbatch_timeout}
 
 
 def parse_ledger(text: str) -> dict[int, Attempt]:
@@ -60,6 +61,7 @@ def parse_ledger(text: str) -> dict[int, Attempt]:
             attempt.run_id = str(entry.get("run_id", ""))
             attempt.fingerprint = str(entry.get("fingerprint", ""))
             attempt.job_name = str(entry.get("job_name", ""))
+            attempt.sbatch_timeout = float(entry.get("sbatch_timeout") or 0)
         if entry.get("reported"):
             attempt.reported = str(entry["reported"])
     return attempts
