@@ -8,12 +8,14 @@ import pytest
 
 from dagster_slurm.slurm.ledger import (
     Attempt,
+    SlurmUnavailable,
     claims,
     decide,
     ledger_line,
     parse_ledger,
     parse_lookup,
     parse_state,
+    parse_submit,
     reported_command,
     submit_command,
 )
@@ -71,48 +73,84 @@ def test_claims_are_the_numeric_entries():
     assert claims(None) == []
 
 
-def test_submit_command_writes_a_ledger_line_that_parses(tmp_path):
-    """Run the rendered command in a real sh, with sbatch/timeout on PATH that only print a job id."""
-    folder = tmp_path / "call"
-    (folder / "3").mkdir(parents=True)
+def _stub_path(tmp_path, sbatch: str):
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     (bin_dir / "timeout").write_text('#!/bin/sh\nshift 3\nexec "$@"\n')  # timeout -k 5 T cmd...
-    (bin_dir / "sbatch").write_text("#!/bin/sh\necho '1234;cluster'\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\n{sbatch}\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def test_submit_command_writes_a_ledger_line_that_parses(tmp_path):
+    """Run the rendered command in a real sh, with sbatch/timeout on PATH that only print a job id:
+    this tests our shell text (guards, quoting, the ledger line), not Slurm."""
+    folder = tmp_path / "call"
+    (folder / "3").mkdir(parents=True)
+    env = _stub_path(tmp_path, "echo '1234;cluster'")
     attempt = _job(n=3, job_id=None, run_id="r%s\\n'x")  # printf and quote metacharacters survive
     command = submit_command(str(folder), attempt, 0, sbatch_timeout=30, lease_dir=str(tmp_path / "leases"))
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
     (tmp_path / "leases").mkdir()
     out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "1234"
+    assert parse_submit(out.stdout) == "1234"
     assert (tmp_path / "leases" / "1234").exists()
+    assert (folder / "3" / "sbatch.0" / "at").read_text().strip().isdigit()  # the try's start, cluster clock
     subprocess.run(["sh", "-c", reported_command(str(folder), 3, "COMPLETED")], check=True)
     recorded = parse_ledger((folder / "ledger.jsonl").read_text())[3]
     assert (recorded.job_id, recorded.run_id, recorded.reported) == ("1234", "r%s\\n'x", "COMPLETED")
     # the same try again, or any try once the attempt is closed: refused, nothing submitted
     again = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env)
-    assert again.returncode == 75
+    assert again.returncode == 75 and parse_submit(again.stdout) is None
     (folder / "3" / "closed").mkdir()
     closed = submit_command(str(folder), attempt, 1, sbatch_timeout=30, lease_dir=None)
     assert subprocess.run(["sh", "-c", closed], capture_output=True, env=env).returncode == 75
     assert len((folder / "ledger.jsonl").read_text().splitlines()) == 2
 
 
+def test_submitted_job_is_reported_even_if_the_ledger_cannot_be_written(tmp_path):
+    folder = tmp_path / "call"
+    (folder / "0").mkdir(parents=True)
+    (folder / "ledger.jsonl").mkdir()  # appending to it fails
+    env = _stub_path(tmp_path, "echo 77")
+    out = subprocess.run(["sh", "-c", submit_command(str(folder), _job(job_id=None), 0, sbatch_timeout=0.2,
+                                                     lease_dir=None)], capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and parse_submit(out.stdout) == "77"
+    assert "timeout -k 5 1 sbatch" in submit_command(str(folder), _job(), 0, sbatch_timeout=0.2, lease_dir=None)
+
+
+def test_rejected_sbatch_prints_no_job_id(tmp_path):
+    (tmp_path / "call" / "0").mkdir(parents=True)
+    env = _stub_path(tmp_path, "echo 'sbatch: error: invalid partition specified: nope' >&2; exit 1")
+    out = subprocess.run(["sh", "-c", submit_command(str(tmp_path / "call"), _job(job_id=None), 0, sbatch_timeout=5,
+                                                     lease_dir=None)], capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and parse_submit(out.stdout) is None and "invalid partition" in out.stderr
+
+
 def test_state_from_recorded_output():
-    for name, expected in [("state_completed", "COMPLETED"), ("state_pending", "PENDING"), ("state_unknown", None)]:
+    for name, expected in [("state_completed", "COMPLETED"), ("state_pending", "PENDING"), ("state_unknown", None),
+                           ("state_controller_down", "COMPLETED")]:  # squeue down, sacct knows it
         rec = RECORDED[name]
-        assert parse_state(rec["stdout"], rec["job_id"]) == expected
+        assert parse_state(rec["stdout"], rec["job_id"]) == expected, name
+
+
+def test_state_is_unknown_when_squeue_fails_and_sacct_has_no_record():
+    rec = RECORDED["state_controller_down"]
+    with pytest.raises(SlurmUnavailable, match="Unable to contact slurm controller"):
+        parse_state(rec["stdout"], "999999")
 
 
 def test_lookup_from_recorded_output():
     found = RECORDED["lookup_found"]
     lookup = parse_lookup(found["stdout"], found["run_dir"])
-    assert lookup.job_ids == ["57"]  # same name, other working directories are other jobs
+    assert len(lookup.job_ids) == 1  # same name, other working directories are other jobs
     assert lookup.now > 1.7e9 and lookup.newest_try_at is None
     none = RECORDED["lookup_not_found_with_tries"]
     lookup = parse_lookup(none["stdout"], none["run_dir"])
     assert lookup.job_ids == [] and lookup.newest_try_at == lookup.now
-    assert parse_lookup("garbage", "/x") .now == 0.0
+    with pytest.raises(SlurmUnavailable):
+        parse_lookup("garbage", "/x")
+    down = RECORDED["lookup_controller_down"]
+    with pytest.raises(SlurmUnavailable, match="squeue failed"):  # nothing may be concluded
+        parse_lookup(down["stdout"], down["run_dir"])

@@ -9,6 +9,7 @@ attempt and, when sbatch's answer is lost, looks the job up instead of submittin
 from __future__ import annotations
 
 import logging
+import secrets
 import shlex
 import time
 from collections.abc import Callable
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 from dagster_slurm.errors import (
     ConfigurationError,
     DagsterSlurmError,
-    RemoteCommandError,
     RemoteFileError,
     SlurmJobError,
     SSHConnectionError,
+    tail,
 )
 from dagster_slurm.slurm.ledger import (
     CLOSED,
@@ -28,6 +29,7 @@ from dagster_slurm.slurm.ledger import (
     LEDGER,
     Attempt,
     Decision,
+    SlurmUnavailable,
     claims,
     decide,
     ledger_line,
@@ -35,11 +37,12 @@ from dagster_slurm.slurm.ledger import (
     parse_ledger,
     parse_lookup,
     parse_state,
+    parse_submit,
     reported_command,
     state_command,
     submit_command,
 )
-from dagster_slurm.slurm.parse import is_transient_sbatch_error, parse_sbatch_job_id
+from dagster_slurm.slurm.parse import is_transient_sbatch_error
 from dagster_slurm.slurm.script import attempt_from_script
 from dagster_slurm.transport.base import Transport
 
@@ -48,6 +51,7 @@ log = logging.getLogger("dagster_slurm.pipes")
 SBATCH_TRIES = 5  # transient sbatch failures (busy controller) are retried after 1, 2, 4, 8 s
 LOOKUP_MARGIN = 15.0  # seconds after a try's cluster-side sbatch timeout before "not found" is proof
 MAX_ROUNDS = 10  # claims lost to concurrent processes before giving up
+STATE_TRIES = 4  # squeue/sacct failures tolerated when asking an earlier job's state
 
 
 @dataclass
@@ -85,8 +89,7 @@ class StepCallLedger:
                     latest = self._settle_orphan(n, attempts.get(n) or Attempt(n))
             state = None
             if latest is not None and latest.job_id and latest.reported is None:
-                state = parse_state(self.transport.run(state_command(latest.job_id), check=False,
-                                                       retry=True).stdout, latest.job_id)
+                state = self.job_state(latest.job_id)
             present = state == "COMPLETED" and latest is not None and \
                 self.transport.stat_size(f"{self.folder}/{latest.n}/messages.jsonl") is not None
             decision = decide(latest, state, template.fingerprint, present)
@@ -95,9 +98,10 @@ class StepCallLedger:
                 return Placement(self.folder, latest, decision)
             n = claimed[-1] + 1 if claimed else 0
             if self._claim(n, folder_exists=bool(claimed) or bool(attempts)):
-                return Placement(self.folder, Attempt(n, None, template.run_id, template.fingerprint,
-                                                      template.job_name, sbatch_timeout=self.sbatch_timeout),
-                                 decision)
+                # a fresh name per attempt: a job of an earlier, consumed use of this folder never matches
+                name = f"{template.job_name}-{secrets.token_hex(3)}"
+                return Placement(self.folder, Attempt(n, None, template.run_id, template.fingerprint, name,
+                                                      sbatch_timeout=self.sbatch_timeout), decision)
         raise DagsterSlurmError(f"Could not claim an attempt in {self.folder}: other processes kept claiming "
                                 "first. Is the same step running in several orchestrators at once?")
 
@@ -150,19 +154,48 @@ class StepCallLedger:
     def _find_job(self, attempt: Attempt) -> str | None:
         """The job that attempt's sbatch tries submitted, or None once that is certain: every try
         started before the attempt was closed ran under ``timeout``, so after the newest try's
-        start + timeout + margin (the cluster's clock), a job in neither squeue nor sacct does not exist."""
+        start + timeout + margin (both by the cluster's clock), a job in neither squeue nor sacct does
+        not exist. While squeue or sacct cannot answer, nothing is concluded; after a bound, this raises."""
         run_dir = f"{self.folder}/{attempt.n}"
-        while True:
+        bound = max(self.sbatch_timeout, attempt.sbatch_timeout) + LOOKUP_MARGIN
+        deadline = time.monotonic() + 2 * bound + 60
+        problem = ""
+        while time.monotonic() < deadline:
             out = self.transport.run(lookup_command(attempt.job_name, run_dir), check=False, retry=True)
-            found = parse_lookup(out.stdout, run_dir)
+            try:
+                found = parse_lookup(out.stdout, run_dir)
+            except SlurmUnavailable as exc:
+                problem = str(exc)
+                self._sleep(2.0)
+                continue
+            if len(found.job_ids) > 1:
+                raise DagsterSlurmError(f"Several Slurm jobs ({', '.join(found.job_ids)}) claim {run_dir}; "
+                                        "cancel the ones you do not want. Nothing more was submitted.")
             if found.job_ids:
                 return found.job_ids[0]
-            if not found.now:
-                raise DagsterSlurmError(f"Could not look up job {attempt.job_name} on the cluster: {out.stderr}")
-            bound = max(self.sbatch_timeout, attempt.sbatch_timeout) + LOOKUP_MARGIN
             if found.newest_try_at is None or found.now > found.newest_try_at + bound:
                 return None
             self._sleep(2.0)
+        raise DagsterSlurmError(
+            f"Could not find out whether Slurm accepted job {attempt.job_name} for {run_dir} "
+            f"({problem or 'no conclusive answer'}). Nothing was resubmitted; check `squeue -n {attempt.job_name}` "
+            "and re-execute the step when the cluster answers: it reattaches to the job if there is one."
+        )
+
+    def job_state(self, job_id: str) -> str | None:
+        """squeue/sacct state of ``job_id``; None when the cluster provably no longer knows it."""
+        problem = ""
+        for attempt in range(STATE_TRIES):
+            out = self.transport.run(state_command(job_id), check=False, retry=True)
+            try:
+                return parse_state(out.stdout, job_id)
+            except SlurmUnavailable as exc:
+                problem = str(exc)
+                self._sleep(2.0 * (attempt + 1))
+        raise DagsterSlurmError(
+            f"Cannot tell whether Slurm job {job_id} of this step is still queued or running: {problem}. "
+            "Nothing was submitted; re-execute the step when the Slurm controller answers."
+        )
 
     def _append(self, line: str) -> None:
         self.transport.run(f"printf '%s' {shlex.quote(line)} >> {shlex.quote(self.folder + '/' + LEDGER)}",
@@ -176,32 +209,39 @@ class StepCallLedger:
             command = submit_command(self.folder, attempt, try_number, sbatch_timeout=self.sbatch_timeout,
                                      lease_dir=lease_dir)
             try:
-                result = self.transport.run(command, timeout=self.sbatch_timeout + 10)
-                return parse_sbatch_job_id(result.stdout)
-            except RemoteCommandError as exc:
-                if exc.exit_status == GUARD_TAKEN:
+                result = self.transport.run(command, timeout=self.sbatch_timeout + 10, check=False)
+            except SSHConnectionError:
+                what = "the connection dropped during sbatch"
+            else:
+                job_id = parse_submit(result.stdout)
+                if job_id is not None:
+                    if result.exit_status != 0:  # submitted, but the ledger line or lease was not written
+                        self._append(ledger_line({**attempt.record(), "job_id": job_id}))
+                    return job_id
+                status, stderr = result.exit_status, tail(result.stderr)
+                if status == GUARD_TAKEN:
                     raise DagsterSlurmError(
                         f"Another orchestrator took over {placement.run_dir} (it found this step's attempt "
                         "unfinished). Nothing was submitted by this process; re-execute the step."
-                    ) from None
-                if exc.exit_status is not None and exc.exit_status < 124 and \
-                        is_transient_sbatch_error(exc.stderr_tail):
+                    )
+                if status in (126, 127):
+                    raise ConfigurationError(
+                        f"sbatch or timeout could not be run on the cluster ({stderr or f'status {status}'}). "
+                        "The login shell's PATH must hold Slurm's sbatch and coreutils' timeout."
+                    )
+                if status not in (-1, 124, 137) and "timed out" not in stderr.lower():
+                    if not is_transient_sbatch_error(stderr):
+                        raise ConfigurationError(f"sbatch rejected the job: {stderr or 'no message'}\n{describe_request}")
                     if try_number + 1 == SBATCH_TRIES:
                         raise SlurmJobError(
-                            f"sbatch kept failing after {SBATCH_TRIES} attempts: {exc.stderr_tail}. The Slurm "
+                            f"sbatch kept failing after {SBATCH_TRIES} attempts: {stderr}. The Slurm "
                             "controller is busy or unreachable; retry the run later.", "", "NOT_SUBMITTED", "",
-                            exc.stderr_tail) from None
+                            stderr)
                     delay = 2.0 ** try_number
-                    self._warn(f"sbatch failed transiently ({exc.stderr_tail}); retrying in {delay:.0f} s.")
+                    self._warn(f"sbatch failed transiently ({stderr}); retrying in {delay:.0f} s.")
                     self._sleep(delay)
                     continue
-                if exc.exit_status is not None and exc.exit_status < 124 and "timed out" not in exc.stderr_tail:
-                    raise ConfigurationError(
-                        f"sbatch rejected the job: {exc.stderr_tail or 'no message'}\n{describe_request}"
-                    ) from None
-                what = f"sbatch's answer was lost ({exc.stderr_tail or 'timed out'})"
-            except SSHConnectionError:
-                what = "the connection dropped during sbatch"
+                what = f"sbatch's answer was lost ({stderr or 'no answer in time'})"
             self._warn(f"{what}; looking the job up before anything is submitted again.")
             job_id = self._find_job(attempt)
             if job_id is not None:

@@ -41,7 +41,7 @@ class SlurmJobRequest:
     folder: str  # absolute: this step call's folder (ledger + attempt run folders)
     run_id: str  # the Dagster run asking
     fingerprint: str  # of what the job runs; an earlier job with another fingerprint is not reused
-    job_name: str
+    job_name: str  # each attempt's job is named this plus a short random suffix
     command: Sequence[str]
     directives: Mapping[str, str]
     activate: str | None = None
@@ -93,7 +93,8 @@ class SlurmPipesClient(PipesClient):
                 self._stage(request, placement, {**request.env, **session.get_bootstrap_env_vars()})
                 job_id = ledger.submit(placement, request.lease_dir, self._describe(request))
                 placement.attempt.job_id = job_id
-                context.log.info(f"Submitted Slurm job {job_id} ({request.job_name}); run folder {files.run_dir}")
+                context.log.info(f"Submitted Slurm job {job_id} ({placement.attempt.job_name}); "
+                                 f"run folder {files.run_dir}")
             reader.start()
             acct = self._wait(context, job_id)
             reader.drain()
@@ -140,7 +141,7 @@ class SlurmPipesClient(PipesClient):
         t.write_bytes(files.path("env.sh"), env_file_text(env).encode(), mode=0o600)
         script = render_job_script(
             JobScript(
-                job_name=request.job_name,
+                job_name=placement.attempt.job_name,
                 run_dir=files.run_dir,
                 command=request.command,
                 directives=request.directives,

@@ -19,6 +19,8 @@ Pure: rendering of the remote commands and parsing of what they print, and the d
 from __future__ import annotations
 
 import json
+import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,6 +31,8 @@ LEDGER = "ledger.jsonl"
 SBATCH_GUARD = "sbatch"
 CLOSED = "closed"
 GUARD_TAKEN = 75  # exit status of the submit command when the try was taken or the attempt closed
+JOB_ID = re.compile(r"^\d+(_\d+)?$")
+SUBMITTED = "dagster-slurm-job-id:"  # the submit command prints this and the job id once sbatch succeeded
 
 
 @dataclass
@@ -56,7 +60,7 @@ def parse_ledger(text: str) -> dict[int, Attempt]:
         except (ValueError, KeyError, TypeError):
             continue
         attempt = attempts.setdefault(n, Attempt(n))
-        if entry.get("job_id"):
+        if entry.get("job_id") and JOB_ID.match(str(entry["job_id"])):
             attempt.job_id = str(entry["job_id"])
             attempt.run_id = str(entry.get("run_id", ""))
             attempt.fingerprint = str(entry.get("fingerprint", ""))
@@ -112,51 +116,91 @@ def ledger_line(record: dict[str, object]) -> str:
 
 def submit_command(folder: str, attempt: Attempt, try_number: int, *, sbatch_timeout: float,
                    lease_dir: str | None) -> str:
-    """One remote command: take try k's guard of attempt n, check the attempt is not closed, sbatch
-    (bounded on the cluster side by ``timeout``, so a hung sbatch cannot submit later), record the job
-    in the ledger and write the lease. Exit ``GUARD_TAKEN`` if it may not submit; prints the job id."""
+    """One remote command: take try k's guard of attempt n (stamped with the cluster's clock), check
+    the attempt is not closed, sbatch (bounded on the cluster side by ``timeout``, so a hung sbatch
+    cannot submit later), print the job id, record it in the ledger and write the lease.
+
+    Exit ``GUARD_TAKEN`` if it may not submit. Read the outcome with :func:`parse_submit`."""
     q = shlex.quote
     run_dir = f"{folder}/{attempt.n}"
+    guard = f"{SBATCH_GUARD}.{try_number}"
     record = ledger_line({**attempt.record(), "job_id": "JOBID"})
     fmt = record.replace("\\", "\\\\").replace("%", "%%").replace('"JOBID"', '"%s"').replace("\n", "\\n")
-    lease = f" && {{ touch {q(lease_dir)}/\"$jid\" 2>/dev/null || true; }}" if lease_dir else ""
+    lease = f"; touch {q(lease_dir)}/\"$jid\" 2>/dev/null" if lease_dir else ""
     return (
-        f"cd {q(run_dir)} && {{ mkdir {SBATCH_GUARD}.{try_number} 2>/dev/null || exit {GUARD_TAKEN}; }} && "
+        f"cd {q(run_dir)} && {{ mkdir {guard} 2>/dev/null || exit {GUARD_TAKEN}; }} && date +%s > {guard}/at && "
         f"{{ [ ! -e {CLOSED} ] || exit {GUARD_TAKEN}; }} && "
-        f"jid=$(timeout -k 5 {int(sbatch_timeout)} sbatch --parsable job.sh) && jid=${{jid%%;*}} && "
-        f"printf {q(fmt)} \"$jid\" >> {q(folder + '/' + LEDGER)}{lease} && printf '%s\\n' \"$jid\""
+        f"jid=$(umask 077; timeout -k 5 {max(1, math.ceil(sbatch_timeout))} sbatch --parsable job.sh) && "
+        f"jid=${{jid%%;*}} && printf '{SUBMITTED}%s\\n' \"$jid\" && "
+        f"printf {q(fmt)} \"$jid\" >> {q(folder + '/' + LEDGER)}{lease}"
     )
+
+
+def parse_submit(stdout: str) -> str | None:
+    """The job id the submit command printed, if sbatch succeeded (whatever happened after it)."""
+    for line in stdout.splitlines():
+        if line.startswith(SUBMITTED) and JOB_ID.match(line[len(SUBMITTED):].strip()):
+            return line[len(SUBMITTED):].strip()
+    return None
 
 
 def reported_command(folder: str, n: int, state: str) -> str:
     return f"printf '%s' {shlex.quote(ledger_line({'n': n, 'reported': state}))} >> {shlex.quote(folder + '/' + LEDGER)}"
 
 
+def _tool(command: str) -> str:
+    """Run a Slurm tool with its stderr and exit status in the output: failures are never mistaken for
+    'no such job'."""
+    return f'{{ {command}; echo "rc=$?"; }} 2>&1'
+
+
+class SlurmUnavailable(Exception):
+    """squeue or sacct failed: nothing can be concluded about a job."""
+
+
 def state_command(job_id: str) -> str:
     """The state of one job: squeue first (it knows queued jobs at once), then sacct (ended jobs)."""
-    return (f"squeue -h -t all -o '%i|%T' -j {job_id} 2>/dev/null; echo @@; "
-            f"sacct -X -P -n -o JobID,State -j {job_id} 2>/dev/null")
+    return (_tool(f"squeue -h -t all -o '%i|%T' -j {job_id}") + "; echo @@; "
+            + _tool(f"sacct -X -P -n -o JobID,State -j {job_id}"))
+
+
+def _section(text: str, tool: str) -> list[list[str]]:
+    """Data rows of one tool's output; raises SlurmUnavailable if it failed (an unknown job id is no failure)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    rc = lines.pop() if lines and lines[-1].startswith("rc=") else "rc=?"
+    rows = [line.split("|") for line in lines if "|" in line and "error" not in line]
+    errors = [line for line in lines if "|" not in line or "error" in line]
+    if rc != "rc=0" and not (errors and all("Invalid job id" in e for e in errors)):
+        raise SlurmUnavailable(f"{tool} failed ({rc}): {' '.join(errors)[-300:] or 'no message'}")
+    return rows
 
 
 def parse_state(stdout: str, job_id: str) -> str | None:
-    """The job's state from :func:`state_command` output; ``None`` when neither knows it."""
+    """The job's state from :func:`state_command` output; ``None`` when neither knows it (gone).
+    Raises ``SlurmUnavailable`` when that cannot be told: sacct failed, or squeue failed and sacct
+    has no record of the job (yet)."""
     queue, _, acct = stdout.partition("@@")
-    for section in (queue, acct):
-        for line in section.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) >= 2 and parts[0] == job_id:
-                return normalise_state(parts[1])
+    try:
+        rows, queue_error = _section(queue, "squeue"), None
+    except SlurmUnavailable as exc:
+        rows, queue_error = [], exc
+    for row in rows + _section(acct, "sacct"):
+        if len(row) >= 2 and row[0] == job_id:
+            return normalise_state(row[1])
+    if queue_error is not None:
+        raise queue_error
     return None
 
 
 def lookup_command(job_name: str, run_dir: str) -> str:
     """Jobs named ``job_name`` (the user's, queued or in accounting for a week), the cluster's clock,
-    and when the newest sbatch try of the attempt began. Used when an sbatch answer was lost."""
+    and when the newest sbatch try of the attempt began (by the same clock). Used when an sbatch
+    answer was lost."""
     q = shlex.quote
     return (
-        f"squeue -h -t all -u \"$(id -un)\" -n {q(job_name)} -o '%i|%Z' 2>/dev/null; echo @@; "
-        f"sacct -X -P -n -S now-7days -u \"$(id -un)\" --name {q(job_name)} -o JobID,WorkDir 2>/dev/null; "
-        f"echo @@; date +%s; g=$(stat -c %Y {q(run_dir)}/{SBATCH_GUARD}.* 2>/dev/null | sort -n | tail -n 1); "
+        _tool(f"squeue -h -t all -u \"$(id -un)\" -n {q(job_name)} -o '%i|%Z'") + "; echo @@; "
+        + _tool(f"sacct -X -P -n -S now-7days -u \"$(id -un)\" --name {q(job_name)} -o JobID,WorkDir")
+        + f"; echo @@; date +%s; g=$(cat {q(run_dir)}/{SBATCH_GUARD}.*/at 2>/dev/null | sort -n | tail -n 1); "
         'echo "${g:--}"'
     )
 
@@ -169,16 +213,18 @@ class Lookup:
 
 
 def parse_lookup(stdout: str, run_dir: str) -> Lookup:
+    """Raises ``SlurmUnavailable`` if squeue or sacct failed (then nothing is proven)."""
     sections = stdout.split("@@")
     if len(sections) < 3:
-        return Lookup()
+        raise SlurmUnavailable(f"unexpected lookup output: {stdout[-300:]!r}")
     found: list[str] = []
-    for section in sections[:2]:
-        for line in section.splitlines():
-            job_id, sep, workdir = line.strip().partition("|")
-            if sep and workdir.rstrip("/") == run_dir.rstrip("/") and job_id.isdigit() and job_id not in found:
+    for text, tool in ((sections[0], "squeue"), (sections[1], "sacct")):
+        for row in _section(text, tool):
+            job_id, workdir = row[0], "|".join(row[1:])
+            if workdir.rstrip("/") == run_dir.rstrip("/") and JOB_ID.match(job_id) and job_id not in found:
                 found.append(job_id)
     clock = sections[2].split()
-    now = float(clock[0]) if clock and clock[0].isdigit() else 0.0
+    if not clock or not clock[0].isdigit():
+        raise SlurmUnavailable(f"the cluster's clock could not be read: {sections[2][-100:]!r}")
     taken = float(clock[1]) if len(clock) > 1 and clock[1].isdigit() else None
-    return Lookup(found, now, taken)
+    return Lookup(found, float(clock[0]), taken)

@@ -241,13 +241,14 @@ class SSHTransport:
         return self._sftp
 
     def _file_op(self, what: str, path: str, op: Callable[[asyncssh.SFTPClient], Awaitable[T]],
-                 timeout: float | None = None) -> T:
+                 timeout: float | None = None, retry: bool = True) -> T:
+        """One SFTP operation. ``retry``: replay it once after a lost connection (idempotent ones only)."""
         async def call() -> T:
             return await op(await self._sftp_client())
 
         self._count(sftp_ops=1)
         try:
-            return run_sync(self._with_retry(call, True), timeout or self.settings.command_timeout)
+            return run_sync(self._with_retry(call, retry), timeout or self.settings.command_timeout)
         except asyncssh.SFTPError as exc:
             raise RemoteFileError(f"{what} {path!r} on {self._describe()} failed: {exc.reason}") from None
         except TimeoutError:
@@ -273,8 +274,9 @@ class SSHTransport:
         self._file_op("mkdir", path, lambda sftp: sftp.makedirs(path, exist_ok=True))
 
     def mkdir(self, path: str) -> None:
-        """Create one directory; fails (RemoteFileError) if it exists. Atomic: usable as a lock."""
-        self._file_op("mkdir", path, lambda sftp: sftp.mkdir(path))
+        """Create one directory; fails (RemoteFileError) if it exists. Atomic: usable as a lock, so never
+        replayed after a lost connection (a replay would find its own directory and report 'exists')."""
+        self._file_op("mkdir", path, lambda sftp: sftp.mkdir(path), retry=False)
 
     def touch(self, path: str) -> None:
         self._file_op("touch", path, lambda sftp: sftp.utime(path))
@@ -354,7 +356,7 @@ class SSHTransport:
         return None if attrs is None else attrs.size
 
     def rename(self, src: str, dst: str) -> None:
-        self._file_op("rename", src, lambda sftp: sftp.posix_rename(src, dst))
+        self._file_op("rename", src, lambda sftp: sftp.posix_rename(src, dst), retry=False)
 
     def remove(self, path: str) -> None:
         self.run(f"rm -rf -- {shlex.quote(path)}", retry=True)
