@@ -13,15 +13,20 @@ import dagster as dg
 class DagsterSlurmError(dg.Failure):
     """Base class for every error dagster-slurm raises on purpose."""
 
+    retriable = True  # whether a Dagster RetryPolicy may retry the step after this error
+
     def __init__(self, description: str, metadata: dict | None = None):
-        super().__init__(description=description, metadata=metadata or {}, allow_retries=True)
+        super().__init__(description=description, metadata=metadata or {}, allow_retries=self.retriable)
 
     def __str__(self) -> str:  # Failure's str is empty without this
         return self.description or ""
 
 
 class ConfigurationError(DagsterSlurmError, ValueError):
-    """A setting is missing, contradictory or invalid. The message names the setting and the fix."""
+    """A setting is missing, contradictory or invalid. The message names the setting and the fix.
+    Retrying cannot help, so a RetryPolicy does not retry it."""
+
+    retriable = False
 
 
 class SSHConnectionError(DagsterSlurmError):

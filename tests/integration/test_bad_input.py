@@ -167,3 +167,34 @@ def test_jump_host(ssh, cluster_env):
         assert t._jump is not None and not t._jump.is_closed()  # the tunnel really went through it
     finally:
         t.close()
+
+
+@pytest.fixture
+def encrypted_key(tmp_path):
+    """An encrypted OpenSSH key authorised for the test user (removed from authorized_keys afterwards)."""
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="dagster-slurm-test-encrypted")
+    path = tmp_path / "id_encrypted"
+    key.write_private_key(str(path), passphrase="correct horse")
+    path.chmod(0o600)
+    authorized = "/home/slurmuser/.ssh/authorized_keys"
+    line = key.export_public_key().decode().strip()
+    with open(authorized, "a") as fh:
+        fh.write(line + "\n")
+    try:
+        yield path
+    finally:
+        with open(authorized) as fh:
+            kept = [entry for entry in fh if entry.strip() != line]
+        with open(authorized, "w") as fh:
+            fh.writelines(kept)
+
+
+def test_encrypted_key_needs_its_passphrase(ssh, encrypted_key):
+    with pytest.raises(SSHConnectionError, match="is encrypted: set key_passphrase") as err:
+        _connect(ssh.model_copy(update={"key_path": str(encrypted_key)}))
+    assert "SLURM_EDGE_NODE_KEY_PATH" in str(err.value)
+    with pytest.raises(SSHConnectionError, match="could not be decrypted") as err:
+        _connect(ssh.model_copy(update={"key_path": str(encrypted_key), "key_passphrase": "wrong phrase"}))
+    assert "wrong phrase" not in str(err.value)
+    ok = ssh.model_copy(update={"key_path": str(encrypted_key), "key_passphrase": "correct horse"})
+    assert _connect(ok).exit_status == 0

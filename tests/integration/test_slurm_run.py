@@ -76,6 +76,29 @@ def test_failing_payload_reports_state_exit_code_and_stderr(slurm, pipes_env, pa
     assert "disk on fire" in text
 
 
+def test_failed_run_keeps_its_logs_private_and_drops_its_env_file(slurm, pipes_env, payloads, transport):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = _materialize(_asset(payloads / "fails.py", extra_env={"TOKEN": "t0ken-xyz"}), compute)
+    assert not result.success
+    text = result.get_step_failure_events()[0].step_failure_data.error.message
+    run_dir = text.split("stay on the cluster in ")[1].split(" ")[0]
+    modes = dict(line.split() for line in transport.run(
+        f"cd {run_dir} && stat -c '%n %a' . * ").stdout.splitlines())
+    assert "env.sh" not in modes  # the secrets went, whatever the outcome
+    assert modes["."] == "700"  # the run folder is private to the user
+    assert {modes[f] for f in ("stdout.log", "stderr.log", "messages.jsonl", "fails.py")} == {"600"}
+    assert modes["job.sh"] == "700"
+    assert "disk on fire" in transport.run(f"cat {run_dir}/stderr.log").stdout  # the logs stay for debugging
+    assert transport.run(f"grep -rl t0ken-xyz {run_dir} || true").stdout.strip() == ""
+
+
+def test_successful_run_leaves_nothing_behind(slurm, pipes_env, payloads, transport):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = _materialize(_asset(payloads / "trivial.py"), compute)
+    assert result.success
+    assert transport.stat_size(f"{slurm.remote_base}/runs/{result.run_id}") is None  # not even an empty folder
+
+
 def test_payload_that_never_opens_pipes_says_what_to_call(slurm, pipes_env, payloads):
     compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
     result = _materialize(_asset(payloads / "no_pipes.py"), compute)

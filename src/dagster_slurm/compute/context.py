@@ -12,13 +12,18 @@ def asset_metadata(context: dg.AssetExecutionContext | dg.OpExecutionContext) ->
     """Definition metadata of the asset(s) this step materialises (first asset wins per key)."""
     if not context.has_assets_def:
         return {}
-    assets_def = context.assets_def
+    specs = {spec.key: spec for spec in context.assets_def.specs}
     merged: dict[str, Any] = {}
     for key in reversed(list(context.selected_asset_keys)):
-        spec = assets_def.specs_by_key.get(key)
+        spec = specs.get(key)
         if spec is not None:
             merged.update({k: _raw(v) for k, v in (spec.metadata or {}).items()})
     return merged
+
+
+def step_key(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> str:
+    """The full key of the executing step (the one place that asks Dagster's step context)."""
+    return context.get_step_execution_context().step.key
 
 
 def _raw(value: Any) -> Any:

@@ -20,6 +20,8 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_slurm.compute.context import step_key
+
 READABLE_CHARS = 60  # of the step key in folder and job names; the hash keeps them apart
 
 
@@ -70,7 +72,7 @@ CALLS = CallCounter()
 
 def step_call(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> StepCall:
     """Identify this ``compute.run`` call (counts it: call once per ``compute.run``)."""
-    step_key = context.get_step_execution_context().step.key
+    key = step_key(context)
     if context.has_partition_key:
         partition = context.partition_key
     elif context.has_partition_key_range:
@@ -79,8 +81,8 @@ def step_call(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> Step
     else:
         partition = ""
     run = context.run
-    ordinal = CALLS.next(context.run_id, step_key, context.retry_number)
-    return StepCall(run.root_run_id or context.run_id, context.run_id, step_key, partition,
+    ordinal = CALLS.next(context.run_id, key, context.retry_number)
+    return StepCall(run.root_run_id or context.run_id, context.run_id, key, partition,
                     context.retry_number, ordinal)
 
 

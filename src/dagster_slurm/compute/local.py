@@ -13,7 +13,6 @@ from dagster import (
     PipesTempFileMessageReader,
     open_pipes_session,
 )
-from dagster._core.errors import DagsterExecutionInterruptedError
 
 from dagster_slurm.errors import DagsterSlurmError
 from dagster_slurm.pipes.client import NO_PIPES_HINT
@@ -34,7 +33,7 @@ def run_local(
         process = subprocess.Popen(list(command), env={**os.environ, **env, **session.get_bootstrap_env_vars()})
         try:
             returncode = process.wait()
-        except (DagsterExecutionInterruptedError, KeyboardInterrupt):
+        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
             context.log.warning("Run terminated: stopping the local payload.")
             process.terminate()
             process.wait(timeout=30)

@@ -17,6 +17,7 @@ from dagster_slurm.compute.identity import fingerprint, step_call
 from dagster_slurm.compute.launchers import BashLauncher
 from dagster_slurm.compute.local import run_local
 from dagster_slurm.compute.options import RunOptions, resolve_run_options
+from dagster_slurm.config.env import check_env_names
 from dagster_slurm.config.run import SlurmRunConfig
 from dagster_slurm.config.slurm import DEFAULT_REMOTE_BASE, SlurmResource
 from dagster_slurm.errors import ConfigurationError, RemoteFileError
@@ -152,9 +153,10 @@ class ComputeResource(dg.ConfigurableResource):
             {"skip_payload_upload": self.default_skip_payload_upload},
         )
         payload = os.fspath(payload_path)
+        extra_env = check_env_names(extra_env or {})
         if self.mode == "local":
             local = self._local_payload(payload)
-            return run_local(context, launcher.command(local, local=True), dict(extra_env or {}), extras)
+            return run_local(context, launcher.command(local, local=True), extra_env, extras)
 
         slurm = self._slurm()
         transport = get_transport(slurm.ssh.settings())
@@ -186,7 +188,7 @@ class ComputeResource(dg.ConfigurableResource):
             command=command,
             directives=directives,
             activate=f"{env_path}/activate.sh",
-            env=dict(extra_env or {}),
+            env=extra_env,
             uploads=uploads,
             keep_run_dir=self.debug_mode,
             metadata={"slurm_environment": env_path, **env.metadata},
@@ -194,7 +196,7 @@ class ComputeResource(dg.ConfigurableResource):
             sbatch_timeout=slurm.ssh.command_timeout,
         )
         client = SlurmPipesClient(transport, watcher, job_timeout=slurm.job_timeout,
-                                  output_poll_max=slurm.output_poll_interval_max)
+                                  queue_timeout=slurm.queue_timeout, output_poll_max=slurm.output_poll_interval_max)
         return client.run(context=context, request=request, extras=extras)
 
     # -- helpers

@@ -49,7 +49,14 @@ class SlurmResource(dg.ConfigurableResource):
     job_timeout: float | None = Field(
         default=None,
         description="Optional bound, in seconds, on waiting for a job (queue time included). "
-        "Default: wait until Slurm ends the job (its time limit bounds it).",
+        "Default: wait until Slurm ends the job (its time limit bounds it). When it expires the job is "
+        "left running and a re-execution reattaches to it.",
+    )
+    queue_timeout: float | None = Field(
+        default=None,
+        description="Optional bound, in seconds, on how long a job may stay PENDING; then it is cancelled "
+        "and the step fails. Jobs pending for reasons that can never resolve (e.g. PartitionConfig) fail "
+        "at once regardless.",
     )
 
     @classmethod

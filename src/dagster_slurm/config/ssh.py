@@ -25,6 +25,7 @@ class SSHSettings:
     user: str | None = None
     key_path: str | None = None
     password: str | None = None
+    key_passphrase: str | None = None
     jump_host: str | None = None
     jump_user: str | None = None
     jump_port: int = 22
@@ -65,6 +66,12 @@ class SSHConnectionResource(dg.ConfigurableResource):
         description="Private key file (``~`` is expanded). Mutually exclusive with ``password``. "
         "With neither set, ssh-agent and the default keys (~/.ssh/id_*) are used.",
     )
+    key_passphrase: str | None = Field(
+        default=None,
+        repr=False,
+        description="Passphrase of an encrypted key_path. Use dg.EnvVar('SLURM_EDGE_NODE_KEY_PASSPHRASE'); "
+        "it never appears in logs or errors.",
+    )
     password: str | None = Field(
         default=None,
         repr=False,
@@ -91,7 +98,7 @@ class SSHConnectionResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls, prefix: str = ENV_PREFIX, **overrides) -> SSHConnectionResource:
-        """Build the resource from ``SLURM_EDGE_NODE_{HOST,PORT,USER,KEY_PATH,PASSWORD}``,
+        """Build the resource from ``SLURM_EDGE_NODE_{HOST,PORT,USER,KEY_PATH,KEY_PASSPHRASE,PASSWORD}``,
         ``SLURM_EDGE_NODE_{JUMP_HOST,JUMP_USER,JUMP_PORT}`` and ``SLURM_EDGE_NODE_{KNOWN_HOSTS,
         HOST_KEY_CHECKING}``. Keyword arguments override them."""
         env = os.environ
@@ -125,6 +132,8 @@ class SSHConnectionResource(dg.ConfigurableResource):
                     raise ConfigurationError(f"{prefix}{var}={raw!r} is not a valid {conv.__name__}.") from None
         if password:
             kwargs["password"] = dg.EnvVar(prefix + "PASSWORD")
+        if env.get(prefix + "KEY_PASSPHRASE"):
+            kwargs["key_passphrase"] = dg.EnvVar(prefix + "KEY_PASSPHRASE")
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -141,6 +150,12 @@ class SSHConnectionResource(dg.ConfigurableResource):
                 f"SSHConnectionResource.key_path: no private key file at {key_path!r} "
                 f"({ENV_PREFIX}KEY_PATH). Point it at an existing key."
             )
+        if key_path and os.name == "posix" and os.stat(key_path).st_mode & 0o077:
+            raise ConfigurationError(
+                f"SSHConnectionResource.key_path: the private key {key_path!r} is readable by other users "
+                f"(mode {os.stat(key_path).st_mode & 0o777:o}); OpenSSH refuses such keys and so do we. "
+                f"Fix it with `chmod 600 {key_path}`."
+            )
         known_hosts = os.path.expanduser(self.known_hosts_file or "~/.ssh/known_hosts")
         return SSHSettings(
             host=self.host,
@@ -148,6 +163,7 @@ class SSHConnectionResource(dg.ConfigurableResource):
             user=self.user,
             key_path=key_path,
             password=self.password,
+            key_passphrase=self.key_passphrase,
             jump_host=self.jump_host,
             jump_user=self.jump_user,
             jump_port=self.jump_port,

@@ -5,7 +5,6 @@ directory lock (one uploader per cluster). The remote lock is a directory create
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shlex
@@ -13,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import filelock
 
 from dagster_slurm.errors import DagsterSlurmError, RemoteFileError
 
@@ -23,29 +24,24 @@ CACHE_HOME = Path(os.environ.get("DAGSTER_SLURM_CACHE", Path.home() / ".cache" /
 
 @contextlib.contextmanager
 def local_lock(name: str, timeout: float, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Exclusive across processes of this machine; the kernel frees it when a holder dies.
-    ``on_wait`` is called once if the lock is held by someone else."""
+    """Exclusive across processes of this machine (Linux, macOS, Windows); the OS frees it when a
+    holder dies. ``on_wait`` is called once if the lock is held by someone else."""
     path = CACHE_HOME / "locks" / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                    on_wait = None
-                if time.monotonic() > deadline:
-                    raise DagsterSlurmError(
-                        f"Timed out after {timeout:g} s waiting for the local lock {path}."
-                    ) from None
-                time.sleep(0.05)
+    lock = filelock.FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        if on_wait is not None:
+            on_wait()
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            lock.acquire(timeout=timeout)
+        except filelock.Timeout:
+            raise DagsterSlurmError(f"Timed out after {timeout:g} s waiting for the local lock {path}.") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class RemoteLock:

@@ -118,11 +118,11 @@ class StepCallLedger:
         if not folder_exists:
             for parent in (self.folder.rsplit("/", 1)[0], self.folder):
                 try:
-                    self.transport.mkdir(parent)
+                    self.transport.mkdir(parent, mode=0o700)
                 except RemoteFileError:
                     pass  # it exists; any other cause shows in the mkdir below
         try:
-            self.transport.mkdir(path)
+            self.transport.mkdir(path, mode=0o700)  # run folders are private to the user
             return True
         except RemoteFileError as exc:
             if self.transport.stat_size(path) is not None:
@@ -255,13 +255,11 @@ class StepCallLedger:
     # -- after the job
     def report(self, placement: Placement, state: str, *, success: bool, keep: bool) -> None:
         """The job ended and this orchestrator consumed it. Success: the step-call folder goes (unless
-        kept). Otherwise the ledger says so (a re-execution submits anew), the secrets file goes and the
-        logs stay."""
+        kept). Otherwise the ledger says so (a re-execution submits anew) and the logs stay."""
         q = shlex.quote
         if success and not keep:
             parent = self.folder.rsplit("/", 1)[0]
             command = f"rm -rf -- {q(self.folder)} ; rmdir {q(parent)} 2>/dev/null ; true"
         else:
-            command = f"{reported_command(self.folder, placement.attempt.n, state)}; " \
-                      f"rm -f -- {q(placement.run_dir + '/env.sh')}"
+            command = reported_command(self.folder, placement.attempt.n, state)
         self.transport.run(command, check=False, retry=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,9 +12,10 @@ from typing import Any
 import dagster as dg
 from dagster import PipesClient, PipesClientCompletedInvocation, PipesEnvContextInjector, open_pipes_session
 
-from dagster_slurm.errors import ConfigurationError, SlurmJobError, tail
+from dagster_slurm.errors import SlurmJobError, tail
 from dagster_slurm.pipes.attempts import Placement, StepCallLedger
 from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
+from dagster_slurm.pipes.waiting import JobLeftQueued, wait_for_job
 from dagster_slurm.slurm.ledger import Attempt
 from dagster_slurm.slurm.parse import JobAccounting
 from dagster_slurm.slurm.script import JobScript, render_job_script
@@ -54,9 +54,7 @@ class SlurmJobRequest:
 
 
 def env_file_text(env: Mapping[str, str]) -> str:
-    for key in env:
-        if not key.replace("_", "a").isalnum() or key[0].isdigit():
-            raise ConfigurationError(f"extra_env: {key!r} is not a valid environment variable name.")
+    """Shell ``export`` lines; names were checked by ``config.env.check_env_names``."""
     return "".join(f"export {key}={shlex.quote(str(value))}\n" for key, value in env.items())
 
 
@@ -65,10 +63,11 @@ class SlurmPipesClient(PipesClient):
     Pipes messages back."""
 
     def __init__(self, transport: Transport, watcher: JobWatcher, *, job_timeout: float | None = None,
-                 output_poll_max: float = 0.5):
+                 queue_timeout: float | None = None, output_poll_max: float = 0.5):
         self.transport = transport
         self.watcher = watcher
         self.job_timeout = job_timeout
+        self.queue_timeout = queue_timeout
         self.output_poll_max = output_poll_max
 
     def run(  # type: ignore[override]
@@ -95,15 +94,25 @@ class SlurmPipesClient(PipesClient):
                 placement.attempt.job_id = job_id
                 context.log.info(f"Submitted Slurm job {job_id} ({placement.attempt.job_name}); "
                                  f"run folder {files.run_dir}")
-            reader.start()
-            acct = self._wait(context, job_id)
-            reader.drain()
+            leave_env_file = False
             try:
-                self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files)
-            except SlurmJobError:
-                ledger.report(placement, acct.state, success=False, keep=True)
+                reader.start()
+                acct = wait_for_job(context.log, self.watcher, self.transport, job_id,
+                                    job_timeout=self.job_timeout, queue_timeout=self.queue_timeout)
+                reader.drain()
+                try:
+                    self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files)
+                except SlurmJobError:
+                    ledger.report(placement, acct.state, success=False, keep=True)
+                    raise
+                ledger.report(placement, acct.state, success=True, keep=request.keep_run_dir)
+                leave_env_file = not request.keep_run_dir  # gone already, with its folder
+            except JobLeftQueued:
+                leave_env_file = True  # the job may still start and source it
                 raise
-            ledger.report(placement, acct.state, success=True, keep=request.keep_run_dir)
+            finally:
+                if not leave_env_file:  # the job ended or was cancelled: its env file goes, whatever happened
+                    self.transport.run(f"rm -f -- {shlex.quote(files.path('env.sh'))}", check=False, retry=True)
         metadata: dict[str, Any] = {**acct.metadata(), **request.metadata}
         return PipesClientCompletedInvocation(session, metadata=metadata)
 
@@ -137,7 +146,7 @@ class SlurmPipesClient(PipesClient):
         t = self.transport
         files = RunFiles(placement.run_dir)
         for local, name in request.uploads:
-            t.put_file(local, files.path(name))
+            t.put_file(local, files.path(name), mode=0o600)
         t.write_bytes(files.path("env.sh"), env_file_text(env).encode(), mode=0o600)
         script = render_job_script(
             JobScript(
@@ -151,33 +160,6 @@ class SlurmPipesClient(PipesClient):
             )
         )
         t.write_bytes(files.path("job.sh"), script.encode(), mode=0o700)
-
-    def _wait(self, context, job_id: str) -> JobAccounting:
-        handle = self.watcher.watch(job_id)
-        deadline = None if self.job_timeout is None else time.monotonic() + self.job_timeout
-        last_state = ""
-        try:
-            while not handle.wait(0.5):
-                if handle.state != last_state:
-                    last_state = handle.state
-                    context.log.debug(f"Slurm job {job_id}: {handle.state} {handle.reason}".rstrip())
-                if deadline is not None and time.monotonic() > deadline:
-                    raise SlurmJobError(
-                        f"Slurm job {job_id} did not finish within SlurmResource.job_timeout="
-                        f"{self.job_timeout:g} s (last state {handle.state}). It was left running; "
-                        f"cancel it with `scancel {job_id}` if needed.",
-                        job_id, handle.state, "", "",
-                    )
-        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
-            context.log.warning(f"Run terminated: cancelling Slurm job {job_id} (scancel).")
-            self.transport.run(f"scancel {job_id}", check=False, timeout=30)
-            raise
-        finally:
-            self.watcher.forget(job_id)
-        if handle.error is not None:
-            raise handle.error
-        assert handle.final is not None
-        return handle.final
 
     def _raise_for_outcome(self, acct: JobAccounting, reader: SlurmRunMessageReader, opened: bool,
                            files: RunFiles) -> None:
@@ -198,7 +180,8 @@ class SlurmPipesClient(PipesClient):
         }.get(acct.state, "the payload failed")
         if acct.state == "COMPLETED" and payload_rc:
             what = f"the payload exited with status {payload_rc}"
-        text = f"Slurm job {acct.job_id} ended {acct.state} (exit code {acct.exit_code}): {what}."
+        text = (f"Slurm job {acct.job_id} ended {acct.state} (exit code {acct.exit_code}): {what}.\n"
+                f"Its job script and logs stay on the cluster in {files.run_dir} (stdout.log, stderr.log).")
         if stderr_tail:
             text += f"\nstderr (tail):\n{stderr_tail}"
         print(text, file=sys.stderr)

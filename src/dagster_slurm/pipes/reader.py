@@ -8,6 +8,7 @@ or duplicated. The payload's exit file wakes the job watcher at once.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import sys
@@ -17,8 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from dagster import PipesMessageReader
-from dagster._core.pipes.context import PipesMessageHandler
+from dagster import PipesMessageHandler, PipesMessageReader
 from dagster_pipes import PipesParams
 
 from dagster_slurm.transport.base import Transport
@@ -90,7 +90,7 @@ class SlurmRunMessageReader(PipesMessageReader):
         self._streams = [
             _Stream(self.files.messages, sink=self._handle_message_line, lines_only=True),
             _Stream(self.files.stdout, sink=self._write(sys.stdout)),
-            _Stream(self.files.stderr, sink=self._stderr),
+            _Stream(self.files.stderr, sink=self._write(sys.stderr, self._stderr_text)),
         ]
         thread = threading.Thread(target=self._loop, name="dagster-slurm-tail", daemon=True)
         thread.start()
@@ -111,18 +111,25 @@ class SlurmRunMessageReader(PipesMessageReader):
         )
 
     # -- tailing
-    def _write(self, stream) -> Callable[[bytes], None]:
+    def _write(self, stream, on_text: Callable[[str], None] = lambda _t: None) -> Callable[[bytes], None]:
+        """A sink for one stream's chunks: decoded incrementally, so a UTF-8 character split across
+        two reads is not mangled."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
         def sink(data: bytes) -> None:
+            text = decoder.decode(data)
+            if not text:
+                return
+            on_text(text)
             if self._forward:
-                stream.write(data.decode(errors="replace"))
+                stream.write(text)
                 stream.flush()
 
         return sink
 
-    def _stderr(self, data: bytes) -> None:
-        for line in data.decode(errors="replace").splitlines():
+    def _stderr_text(self, text: str) -> None:
+        for line in text.splitlines():
             self.state.stderr_tail.append(line)
-        self._write(sys.stderr)(data)
 
     def _handle_message_line(self, line: bytes) -> None:
         if not line.strip():

@@ -40,6 +40,32 @@ def is_transient_sbatch_error(stderr: str) -> bool:
     return any(marker.lower() in stderr.lower() for marker in _TRANSIENT_SBATCH)
 
 
+# Pending reasons that cannot resolve on their own: the request exceeds what the partition, account or
+# QOS allows for one job. Each maps to the setting to change.
+_UNRESOLVABLE_REASONS = {
+    "PartitionConfig": "the request (cpus, mem, gpus_per_node, num_nodes) exceeds what the partition offers",
+    "PartitionNodeLimit": "num_nodes is outside the partition's node limits",
+    "PartitionTimeLimit": "time_limit exceeds the partition's maximum",
+    "BadConstraints": "the constraints (extra_sbatch_options constraint/gres) match no node",
+    "InvalidAccount": "account is not valid for this user",
+    "InvalidQOS": "qos is not valid for this user or partition",
+    "QOSMaxWallDurationPerJobLimit": "time_limit exceeds the QOS's maximum",
+    "AssocMaxWallDurationPerJobLimit": "time_limit exceeds the account's maximum",
+    "QOSMaxCpuPerJobLimit": "cpus exceed the QOS's per-job maximum",
+    "AssocMaxCpuPerJobLimit": "cpus exceed the account's per-job maximum",
+    "QOSMaxNodePerJobLimit": "num_nodes exceeds the QOS's per-job maximum",
+    "AssocMaxNodePerJobLimit": "num_nodes exceeds the account's per-job maximum",
+    "QOSMaxMemoryPerJob": "mem exceeds the QOS's per-job maximum",
+    "QOSMinCpuNotSatisfied": "cpus are below the QOS's minimum",
+    "DependencyNeverSatisfied": "a job dependency can never be satisfied",
+}
+
+
+def unresolvable_reason(reason: str) -> str | None:
+    """Why a job pending for ``reason`` can never start (which setting to change), or None."""
+    return _UNRESOLVABLE_REASONS.get(reason.split(",")[0].strip())
+
+
 def normalise_state(raw: str) -> str:
     """``CANCELLED by 1000`` -> ``CANCELLED``; ``COMPLETED+`` -> ``COMPLETED``."""
     return raw.split()[0].rstrip("+") if raw.strip() else "UNKNOWN"

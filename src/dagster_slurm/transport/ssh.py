@@ -115,11 +115,22 @@ class SSHTransport:
         if tunnel is not None:
             kwargs["tunnel"] = tunnel
         if s.key_path:
-            kwargs.update(client_keys=[s.key_path], agent_path=None, password_auth=False)
+            kwargs.update(client_keys=[s.key_path], agent_path=None, password_auth=False,
+                          passphrase=s.key_passphrase)
         elif s.password:
             kwargs.update(password=s.password, client_keys=None, agent_path=None)
         try:
             return await asyncio.wait_for(asyncssh.connect(host, **kwargs), s.connect_timeout + 5)
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+            if isinstance(exc, asyncssh.KeyEncryptionError):
+                problem = "could not be decrypted with key_passphrase (SLURM_EDGE_NODE_KEY_PASSPHRASE): check it"
+            elif "passphrase" in str(exc).lower():
+                problem = "is encrypted: set key_passphrase (SLURM_EDGE_NODE_KEY_PASSPHRASE), e.g. with dg.EnvVar"
+            else:
+                problem = f"could not be read ({exc}): is it an SSH private key?"
+            raise SSHConnectionError(
+                f"The private key {s.key_path} (SSHConnectionResource.key_path, SLURM_EDGE_NODE_KEY_PATH) {problem}."
+            ) from None
         except asyncssh.HostKeyNotVerifiable:
             raise SSHConnectionError(self._host_key_message(host, port, known)) from None
         except asyncssh.PermissionDenied:
@@ -273,10 +284,11 @@ class SSHTransport:
     def mkdir_p(self, path: str) -> None:
         self._file_op("mkdir", path, lambda sftp: sftp.makedirs(path, exist_ok=True))
 
-    def mkdir(self, path: str) -> None:
+    def mkdir(self, path: str, *, mode: int = 0o755) -> None:
         """Create one directory; fails (RemoteFileError) if it exists. Atomic: usable as a lock, so never
         replayed after a lost connection (a replay would find its own directory and report 'exists')."""
-        self._file_op("mkdir", path, lambda sftp: sftp.mkdir(path), retry=False)
+        self._file_op("mkdir", path, lambda sftp: sftp.mkdir(path, asyncssh.SFTPAttrs(permissions=mode)),
+                      retry=False)
 
     def touch(self, path: str) -> None:
         self._file_op("touch", path, lambda sftp: sftp.utime(path))
@@ -314,14 +326,17 @@ class SSHTransport:
         self._file_op("write", path, op)
         self._count(bytes_uploaded=len(data))
 
-    def put_file(self, local: str, remote: str, *, progress: ProgressCallback | None = None) -> None:
+    def put_file(self, local: str, remote: str, *, progress: ProgressCallback | None = None,
+                 mode: int | None = None) -> None:
+        """Upload ``local``; the remote file gets ``mode`` (default: the local file's mode bits)."""
         size = os.path.getsize(local)
 
         def handler(_src, _dst, done: int, total: int) -> None:
             if progress:
                 progress(done, total)
 
-        mode = os.stat(local).st_mode & 0o777
+        if mode is None:
+            mode = os.stat(local).st_mode & 0o777
 
         async def op(sftp: asyncssh.SFTPClient) -> None:
             # the local mode bits, but not the local mtime: gc's grace period counts from the upload

@@ -1,0 +1,77 @@
+"""Wait for one job: say what the queue says, end waits that cannot end well, cancel on terminate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import dagster as dg
+
+from dagster_slurm.errors import ConfigurationError, SlurmJobError
+from dagster_slurm.slurm.parse import JobAccounting, unresolvable_reason
+from dagster_slurm.slurm.watcher import JobWatcher
+from dagster_slurm.transport.base import Transport
+
+STILL_PENDING_EVERY = 300.0  # seconds between "still pending" lines while a job waits in the queue
+
+
+class JobLeftQueued(SlurmJobError):
+    """job_timeout expired; the job was left queued or running (a re-execution reattaches to it)."""
+
+
+def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Transport, job_id: str, *,
+                 job_timeout: float | None, queue_timeout: float | None,
+                 clock: Callable[[], float] = time.monotonic) -> JobAccounting:
+    """Block until ``job_id`` ends and return its accounting.
+
+    Pending reasons reach the log at INFO when they change, then every few minutes. A job pending for
+    a reason that cannot resolve (e.g. PartitionConfig), or longer than ``queue_timeout``, is cancelled
+    and the wait fails naming the setting; after ``job_timeout`` the job is left alone."""
+    handle = watcher.watch(job_id)
+    started = clock()
+    seen, told_at = ("", ""), started
+    try:
+        while not handle.wait(0.5):
+            now = clock()
+            state, reason = handle.state, handle.reason if handle.reason not in ("None", "(null)") else ""
+            if (state, reason) != seen:
+                seen, told_at = (state, reason), now
+                log.info(f"Slurm job {job_id}: {state}" + (f" ({reason})" if reason else ""))
+            elif state == "PENDING" and now - told_at >= STILL_PENDING_EVERY:
+                told_at = now
+                log.info(f"Slurm job {job_id} still pending ({reason or 'no reason given'}), "
+                         f"queued {(now - started) / 60:.0f} min")
+            if state == "PENDING":
+                why = unresolvable_reason(reason)
+                if why is not None:
+                    _cancel(transport, job_id)
+                    raise ConfigurationError(
+                        f"Slurm job {job_id} can never start: pending reason {reason}: {why}. It was cancelled. "
+                        "Change SlurmQueueConfig or the asset's resource_requirements / slurm_resources "
+                        "(see `scontrol show partition` for the limits)."
+                    )
+                if queue_timeout is not None and now - started > queue_timeout:
+                    _cancel(transport, job_id)
+                    raise SlurmJobError(
+                        f"Slurm job {job_id} was still pending ({reason or 'no reason given'}) after "
+                        f"SlurmResource.queue_timeout={queue_timeout:g} s; it was cancelled.",
+                        job_id, "PENDING", "", "")
+            if job_timeout is not None and now - started > job_timeout:
+                raise JobLeftQueued(
+                    f"Slurm job {job_id} did not finish within SlurmResource.job_timeout={job_timeout:g} s "
+                    f"(last state {state}). It was left running; a re-execution of the step reattaches to "
+                    f"it, or cancel it with `scancel {job_id}`.", job_id, state, "", "")
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+        log.warning(f"Run terminated: cancelling Slurm job {job_id} (scancel).")
+        _cancel(transport, job_id)
+        raise
+    finally:
+        watcher.forget(job_id)
+    if handle.error is not None:
+        raise handle.error
+    assert handle.final is not None
+    return handle.final
+
+
+def _cancel(transport: Transport, job_id: str) -> None:
+    transport.run(f"scancel {job_id}", check=False, timeout=30)

@@ -1,0 +1,91 @@
+"""Hardening that needs no cluster: bad input gets a clear error, nothing POSIX-only at import, stream decoding."""
+
+import ast
+import io
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from dagster_slurm import ComputeResource, SSHConnectionResource
+from dagster_slurm.config.env import check_env_names
+from dagster_slurm.errors import ConfigurationError, SlurmJobError
+from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
+
+SRC = Path(__file__).parents[2] / "src" / "dagster_slurm"
+
+
+def test_configuration_errors_are_not_retried_by_a_retry_policy(tmp_path):
+    @dg.asset(retry_policy=dg.RetryPolicy(max_retries=2))
+    def missing(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=str(tmp_path / "nope.py")).get_results()
+
+    result = dg.materialize([missing], resources={"compute": ComputeResource()}, raise_on_error=False)
+    assert not result.success
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retries == []
+    assert ConfigurationError("x").allow_retries is False and SlurmJobError("x", "1", "FAILED", "", "").allow_retries
+
+
+@pytest.mark.parametrize("name", ["ÄPI", "1X", "A-B", "A B", ""])
+def test_extra_env_names_a_shell_cannot_export_are_refused(name):
+    with pytest.raises(ConfigurationError, match="extra_env.*A-Za-z_"):
+        check_env_names({name: "v"})
+
+
+def test_extra_env_valid_names_pass():
+    assert check_env_names({"_OK1": 1, "Path": "x"}) == {"_OK1": "1", "Path": "x"}
+
+
+def test_local_mode_refuses_a_bad_extra_env_name(payloads):
+    @dg.asset
+    def bad_env(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=str(payloads / "trivial.py"),
+                           extra_env={"ÄPI": "1"}).get_results()
+
+    result = dg.materialize([bad_env], resources={"compute": ComputeResource()}, raise_on_error=False)
+    assert "not a valid environment variable name" in result.get_step_failure_events()[0].step_failure_data.error.message
+
+
+def test_no_posix_only_module_is_imported_by_the_package():
+    """Local mode must import on Windows: no fcntl, termios, pwd, grp or resource in our code."""
+    posix_only = {"fcntl", "termios", "pwd", "grp", "resource"}
+    found = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in posix_only]
+    assert found == []
+
+
+def test_streamed_output_decodes_characters_split_across_reads():
+    reader = SlurmRunMessageReader(None, RunFiles("/x"))  # type: ignore[arg-type]
+    out = io.StringIO()
+    sink = reader._write(out)
+    data = "Grüße, 日本\n".encode()
+    for i in range(len(data)):  # one byte per read: every multi-byte character is split
+        sink(data[i:i + 1])
+    assert out.getvalue() == "Grüße, 日本\n"
+
+
+def test_private_key_readable_by_others_is_refused_with_the_fix(tmp_path):
+    key = tmp_path / "id_test"
+    key.write_text("not really a key\n")
+    key.chmod(0o644)
+    with pytest.raises(ConfigurationError, match=f"chmod 600 {key}"):
+        SSHConnectionResource(host="127.0.0.1", key_path=str(key)).settings()
+    key.chmod(0o600)
+    assert SSHConnectionResource(host="127.0.0.1", key_path=str(key)).settings().key_path == str(key)
+
+
+def test_key_passphrase_from_env_is_never_shown(monkeypatch):
+    monkeypatch.setenv("SLURM_EDGE_NODE_HOST", "127.0.0.1")
+    monkeypatch.setenv("SLURM_EDGE_NODE_KEY_PASSPHRASE", "s3cret-phrase")
+    monkeypatch.delenv("SLURM_EDGE_NODE_KEY_PATH", raising=False)
+    monkeypatch.delenv("SLURM_EDGE_NODE_PASSWORD", raising=False)
+    resource = SSHConnectionResource.from_env()  # an EnvVar: resolved when Dagster builds the resource
+    with dg.build_resources({"ssh": resource}) as built:
+        settings = built.ssh.settings()
+        assert settings.key_passphrase == "s3cret-phrase"
+        assert "s3cret-phrase" not in repr(settings) and "s3cret-phrase" not in repr(built.ssh)
