@@ -51,6 +51,7 @@ def test_wrong_password_is_refused_without_leaking_it(ssh):
 def test_key_the_server_refuses(ssh, tmp_path):
     key = tmp_path / "other_key"
     asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(key))
+    key.chmod(0o600)
     with pytest.raises(SSHConnectionError, match="SLURM_EDGE_NODE_KEY_PATH"):
         _connect(ssh.model_copy(update={"key_path": str(key)}))
 
@@ -198,3 +199,15 @@ def test_encrypted_key_needs_its_passphrase(ssh, encrypted_key):
     assert "wrong phrase" not in str(err.value)
     ok = ssh.model_copy(update={"key_path": str(encrypted_key), "key_passphrase": "correct horse"})
     assert _connect(ok).exit_status == 0
+
+
+def test_job_that_can_never_start_fails_fast_and_is_cancelled(slurm, pipes_env, payloads, transport):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    started = time.monotonic()
+    text = _fails(_asset(payloads / "trivial.py", resource_requirements={"cpus": 3}), compute)  # nodes have 2
+    assert time.monotonic() - started < 60
+    assert "can never start: pending reason PartitionConfig" in text and "cancelled" in text
+    job_id = text.split("Slurm job ")[1].split(" ")[0]
+    state = transport.run(f"sacct -X -n -P -o State -j {job_id}; squeue -h -t all -o %T -j {job_id}",
+                          check=False).stdout
+    assert "CANCELLED" in state

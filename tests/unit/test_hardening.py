@@ -89,3 +89,46 @@ def test_key_passphrase_from_env_is_never_shown(monkeypatch):
         settings = built.ssh.settings()
         assert settings.key_passphrase == "s3cret-phrase"
         assert "s3cret-phrase" not in repr(settings) and "s3cret-phrase" not in repr(built.ssh)
+
+
+class _Log:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def info(self, text):
+        self.lines.append(text)
+
+    warning = info
+
+
+def test_job_that_can_never_start_is_cancelled_and_names_the_setting():
+    from recorded_transport import RecordedTransport
+
+    from dagster_slurm.pipes.waiting import wait_for_job
+    from dagster_slurm.slurm.watcher import JobWatcher
+
+    text = (Path(__file__).parents[1] / "data" / "slurm" / "squeue_partition_config.txt").read_text()
+    recorded = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("# "))
+    job_id = recorded.split("|")[0]
+    transport = RecordedTransport({"squeue": recorded})
+    log = _Log()
+    with pytest.raises(ConfigurationError, match="can never start: pending reason PartitionConfig") as err:
+        wait_for_job(log, JobWatcher(transport), transport, job_id, job_timeout=None, queue_timeout=None)
+    assert "resource_requirements" in str(err.value) and "cancelled" in str(err.value)
+    assert f"scancel {job_id}" in transport.commands
+    assert log.lines[0] == f"Slurm job {job_id}: PENDING (PartitionConfig)"
+
+
+def test_queue_timeout_cancels_a_job_that_waits_too_long():
+    from recorded_transport import RecordedTransport
+
+    from dagster_slurm.pipes.waiting import wait_for_job
+    from dagster_slurm.slurm.watcher import JobWatcher
+
+    recorded = (Path(__file__).parents[1] / "data" / "slurm" / "squeue_running_pending.txt").read_text()
+    pending = next(line for line in recorded.splitlines() if "|PENDING|" in line)
+    job_id = pending.split("|")[0]
+    transport = RecordedTransport({"squeue": pending})
+    with pytest.raises(SlurmJobError, match="queue_timeout=1 s; it was cancelled"):
+        wait_for_job(_Log(), JobWatcher(transport), transport, job_id, job_timeout=None, queue_timeout=1)
+    assert f"scancel {job_id}" in transport.commands
