@@ -7,11 +7,15 @@ from dagster_slurm.transport.base import CommandResult, TransportStats
 
 
 class RecordedTransport:
-    def __init__(self, answers: dict[str, str]):
-        self.answers = answers  # first word of the command -> recorded stdout
+    def __init__(self, answers: dict[str, str | dict]):
+        # first word of the command -> recorded stdout, or a recording {"stdout", "stderr", "exit_status"}
+        self.answers = answers
         self.commands: list[str] = []
         self.stats = TransportStats()
 
     def run(self, command: str, *, timeout=None, check=True, retry=False) -> CommandResult:
         self.commands.append(command)
-        return CommandResult(command, 0, self.answers.get(command.split()[0], ""), "")
+        answer = self.answers.get(command.split()[0], "")
+        if isinstance(answer, str):
+            return CommandResult(command, 0, answer, "")
+        return CommandResult(command, answer["exit_status"], answer["stdout"], answer["stderr"])

@@ -1,5 +1,8 @@
 """End to end on the real test cluster: an asset runs as a Slurm job over SSH with Dagster Pipes."""
 
+import os
+import signal
+
 import dagster as dg
 import pytest
 
@@ -153,3 +156,27 @@ def test_time_limit_ends_in_timeout_failure(slurm, pipes_env, payloads):
     assert not result.success
     text = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "TIMEOUT" in text and "time limit" in text
+
+
+def test_accounting_down_still_reports_the_run_at_once(slurm, pipes_env, payloads):
+    """slurmdbd stopped by its pid: the job's end is reported without waiting for sacct, metrics marked missing."""
+    import subprocess
+    import time
+
+    from conftest import CLUSTER_SCRIPT
+
+    with open("/run/slurmdbd.pid") as fh:
+        pid = int(fh.read().strip())
+    os.kill(pid, signal.SIGTERM)
+    try:
+        compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+        started = time.monotonic()
+        result = _materialize(_asset(payloads / "trivial.py"), compute)
+        elapsed = time.monotonic() - started
+    finally:
+        subprocess.run([str(CLUSTER_SCRIPT), "start"], check=True, capture_output=True, timeout=300)
+    assert result.success, result.log_messages[-20:]
+    meta = result.asset_materializations_for_node("reporter")[0].metadata
+    assert meta["value"].value == 42
+    assert meta["slurm_accounting"].value.startswith("unavailable")
+    assert elapsed < 30

@@ -132,3 +132,25 @@ def test_queue_timeout_cancels_a_job_that_waits_too_long():
     with pytest.raises(SlurmJobError, match="queue_timeout=1 s; it was cancelled"):
         wait_for_job(_Log(), JobWatcher(transport), transport, job_id, job_timeout=None, queue_timeout=1)
     assert f"scancel {job_id}" in transport.commands
+
+
+def test_finished_job_is_reported_at_once_when_accounting_is_down():
+    """squeue says the job ended, sacct fails (slurmdbd stopped, recorded): no 25-tick wait for metrics."""
+    import json
+
+    from recorded_transport import RecordedTransport
+
+    from dagster_slurm.slurm.watcher import JobWatcher
+
+    data = Path(__file__).parents[1] / "data" / "slurm"
+    sacct = json.loads((data / "sacct_dbd_down.json").read_text())
+    squeue = "".join(line for line in (data / "squeue_terminal.txt").read_text().splitlines(keepends=True)
+                     if not line.startswith("# "))
+    job_id, state = squeue.split("|")[:2]
+    transport = RecordedTransport({"squeue": squeue, "sacct": sacct})
+    watcher = JobWatcher(transport)
+    handle = watcher.watch(job_id)
+    assert handle.wait(5)
+    assert handle.final is not None and not handle.final.accounted and handle.final.state == state
+    assert watcher.ticks == 1
+    assert handle.final.metadata()["slurm_accounting"].startswith("unavailable")

@@ -167,6 +167,8 @@ class SlurmPipesClient(PipesClient):
         payload_rc = reader.state.exit_code
         if acct.state == "COMPLETED" and payload_rc in (0, None) and opened:
             return
+        if not acct.accounted and acct.state in ("COMPLETED", "UNKNOWN") and payload_rc == 0 and opened:
+            return  # no accounting, but the job script recorded the payload's success
         if acct.state == "COMPLETED" and payload_rc in (0, None):
             raise SlurmJobError(NO_PIPES_HINT + f"\n(Slurm job {acct.job_id}; output in {files.run_dir})",
                                 acct.job_id, acct.state, acct.exit_code, stderr_tail)

@@ -103,6 +103,7 @@ class JobAccounting:
     nnodes: int = 0
     partition: str = ""
     nodelist: str = ""
+    accounted: bool = True  # False: sacct could not be asked; state from squeue, no metrics
 
     @property
     def terminal(self) -> bool:
@@ -118,6 +119,9 @@ class JobAccounting:
         return min(self.total_cpu_seconds / cpu_time, 1.0) if cpu_time > 0 else None
 
     def metadata(self) -> dict[str, object]:
+        if not self.accounted:
+            return {"slurm_job_id": self.job_id, "slurm_state": self.state,
+                    "slurm_accounting": "unavailable (sacct failed): no metrics"}
         meta: dict[str, object] = {
             "slurm_job_id": self.job_id,
             "slurm_state": self.state,

@@ -134,7 +134,9 @@ class JobWatcher:
         result = self._transport.run(
             f"sacct -P -n -o {SACCT_FIELDS} -j {ids}", check=False, retry=True, timeout=30
         )
-        accounting = parse_sacct(result.stdout) if result.exit_status == 0 else {}
+        if result.exit_status != 0:
+            return self._finalise_without_accounting(handles, result.stderr)
+        accounting = parse_sacct(result.stdout)
         changed = False
         for h in handles:
             acct = accounting.get(h.job_id)
@@ -149,6 +151,19 @@ class JobWatcher:
             h.done.set()
             changed = True
         return changed
+
+
+    def _finalise_without_accounting(self, handles: list[JobHandle], stderr: str) -> bool:
+        """sacct failed (accounting down or absent): the job left the queue or squeue calls it ended,
+        so finish now with squeue's word rather than wait for metrics that may never come."""
+        log.warning("sacct failed (%s); finishing job(s) %s with squeue's state, without metrics",
+                    stderr.strip().splitlines()[-1] if stderr.strip() else "no message",
+                    ",".join(h.job_id for h in handles))
+        for h in handles:
+            state = h.state if h.state in TERMINAL_STATES else "UNKNOWN"
+            h.final, h.state = JobAccounting(h.job_id, state, "", accounted=False), state
+            h.done.set()
+        return True
 
 
 _watchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
