@@ -211,3 +211,68 @@ def test_job_that_can_never_start_fails_fast_and_is_cancelled(slurm, pipes_env, 
     state = transport.run(f"sacct -X -n -P -o State -j {job_id}; squeue -h -t all -o %T -j {job_id}",
                           check=False).stdout
     assert "CANCELLED" in state
+
+
+class _DroppingProxy:
+    """A loopback TCP proxy to the test sshd that drops the first ``drops`` connections right after
+    accepting them, as sshd does past MaxStartups."""
+
+    def __init__(self, target_port: int, drops: int):
+        import socket
+        import threading
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.target_port, self.drops, self.accepted = target_port, drops, 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted <= self.drops:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                client.close()  # reset, before any banner
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_handshake_dropped_by_the_server_is_retried_within_connect_timeout(ssh, tmp_path):
+    known = tmp_path / "known_hosts"
+    proxy = _DroppingProxy(ssh.port, drops=3)
+    try:
+        key = open(ssh.known_hosts_file).read().split("\n")[0].split(" ", 1)[1]
+        known.write_text(f"[127.0.0.1]:{proxy.port} {key}\n")
+        via_proxy = ssh.model_copy(update={"port": proxy.port, "known_hosts_file": str(known)})
+        assert _connect(via_proxy).exit_status == 0
+        assert proxy.accepted == 4  # three dropped, the fourth got through
+        proxy.drops = 10**6  # now it always drops: a clear error within connect_timeout
+        started = time.monotonic()
+        with pytest.raises(SSHConnectionError, match="dropped the SSH handshake"):
+            _connect(via_proxy.model_copy(update={"connect_timeout": 2}))
+        assert time.monotonic() - started < 6
+    finally:
+        proxy.close()

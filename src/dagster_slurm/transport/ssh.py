@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import shlex
 import threading
 import time
@@ -120,7 +121,7 @@ class SSHTransport:
         elif s.password:
             kwargs.update(password=s.password, client_keys=None, agent_path=None)
         try:
-            return await asyncio.wait_for(asyncssh.connect(host, **kwargs), s.connect_timeout + 5)
+            return await self._connect_with_retries(host, port, kwargs)
         except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
             if isinstance(exc, asyncssh.KeyEncryptionError):
                 problem = "could not be decrypted with key_passphrase (SLURM_EDGE_NODE_KEY_PASSPHRASE): check it"
@@ -152,6 +153,29 @@ class SSHTransport:
             ) from None
         except asyncssh.Error as exc:
             raise SSHConnectionError(f"SSH connection to {host}:{port} failed: {exc.reason}") from None
+
+    async def _connect_with_retries(self, host: str, port: int, kwargs: dict) -> asyncssh.SSHClientConnection:
+        """Connect; a connection the server drops during the handshake (sshd's MaxStartups when many
+        processes log in at once) is retried with jittered backoff until ``connect_timeout``."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.connect_timeout
+        delay, drops = 0.1, 0
+        while True:
+            try:
+                return await asyncio.wait_for(asyncssh.connect(host, **kwargs), s.connect_timeout + 5)
+            except (ConnectionResetError, BrokenPipeError, asyncssh.ConnectionLost) as exc:
+                drops += 1
+                pause = delay * random.uniform(0.5, 1.5)
+                if loop.time() + pause > deadline:
+                    raise SSHConnectionError(
+                        f"{host}:{port} dropped the SSH handshake {drops} times within {s.connect_timeout:g} s "
+                        f"(last: {exc}). The server may be refusing logins (sshd MaxStartups, rate limits); "
+                        "raise SSHConnectionResource.connect_timeout or try later."
+                    ) from None
+                log.debug("handshake with %s:%s dropped (%s); retrying in %.2f s", host, port, exc, pause)
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, 2.0)
 
     def _host_key_message(self, host: str, port: int, known) -> str:
         s = self.settings
