@@ -34,17 +34,25 @@ def validate_deploy_env(env: dict[str, str] | os._Environ = os.environ) -> None:
 
 
 def git_commit(project: Path) -> str | None:
-    proc = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=project, capture_output=True, text=True)
+    """The project's git commit; None when it is not a checkout or git is not installed."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=project, capture_output=True,
+                              text=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def run_deploy(args) -> dict:
     validate_deploy_env()
     project = Path(args.project).resolve()
+    if not project.is_dir():
+        raise ConfigurationError(f"deploy --project {args.project!r}: no such folder.")
     commit = git_commit(project)
     version = args.version or commit
     if not version:
-        raise ConfigurationError("deploy: the project is not a git checkout; pass --version.")
+        raise ConfigurationError("deploy: the project is not a git checkout (or git is not installed); "
+                                 "pass --version.")
     transport = get_transport(SSHConnectionResource.from_env().settings())
     base = transport.absolute(os.environ[BASE_PATH_ENV])
     layout = RemoteLayout(base)

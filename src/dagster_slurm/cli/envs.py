@@ -8,7 +8,7 @@ import time
 
 from dagster_slurm.config.slurm import BASE_PATH_ENV, DEFAULT_REMOTE_BASE
 from dagster_slurm.config.ssh import SSHConnectionResource
-from dagster_slurm.packaging.inventory import Inventory, parse_duration_spec, plan_gc, scan_script
+from dagster_slurm.packaging.inventory import Inventory, plan_gc, scan_script
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.transport import SSHTransport, get_transport
 
@@ -32,7 +32,7 @@ def run_list(args) -> None:
 
 def run_gc(args) -> None:
     transport, layout, inv = _inventory()
-    plan = plan_gc(inv, keep=args.keep, older_than=parse_duration_spec(args.older_than), now=time.time())
+    plan = plan_gc(inv, keep=args.keep, older_than=args.older_than, now=time.time())
     verb = "would delete" if args.dry_run else "deleting"
     for store in plan.stores:
         print(f"{verb} {store.path}")

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dagster_slurm.errors import DagsterSlurmError
+
+
+def _duration(text: str) -> float:
+    """argparse type: checked before anything connects, so a typo is a one-line usage error."""
+    from dagster_slurm.packaging.inventory import parse_duration_spec
+
+    try:
+        return parse_duration_spec(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number with s, m, h, d or w (e.g. 7d)") from None
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: use a whole number >= 0")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_sub = env.add_subparsers(dest="env_command", required=True)
     env_sub.add_parser("list", help="List cached and deployed environments.")
     gc = env_sub.add_parser("gc", help="Delete cached environments no queued or running job uses.")
-    gc.add_argument("--keep", type=int, default=3, help="Always keep the N most recent environments.")
-    gc.add_argument("--older-than", default="7d", help="Only delete environments older than this (e.g. 12h, 7d).")
+    gc.add_argument("--keep", type=_count, default=3, help="Always keep the N most recent environments.")
+    gc.add_argument("--older-than", type=_duration, default="7d",
+                    help="Only delete environments older than this (e.g. 12h, 7d).")
     gc.add_argument("--dry-run", action="store_true", help="Say what would be deleted, delete nothing.")
     return parser
 
@@ -53,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     except DagsterSlurmError as exc:
         print(f"dagster-slurm: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dagster-slurm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line, the traceback only on request
+        if os.environ.get("DAGSTER_SLURM_DEBUG"):
+            raise
+        print(f"dagster-slurm: error: {type(exc).__name__}: {exc} (set DAGSTER_SLURM_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
