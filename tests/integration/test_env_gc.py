@@ -1,5 +1,8 @@
 """dagster-slurm env list / gc on the real cluster: a leased environment survives while its job runs."""
 
+import os
+import signal
+import subprocess
 import uuid
 
 import pytest
@@ -24,7 +27,9 @@ def test_gc_keeps_environments_of_queued_or_running_jobs(transport, cluster_env,
         key = compute_cache_key(lock.read_bytes(), packer.key_command(), packer.platform, [])
         paths.append(ensure_environment(transport, layout, packer, key, log=print).path)
     leased, idle = paths
-    job_id = transport.run("sbatch --parsable --mem=64M --wrap 'sleep 120'").stdout.strip()
+    # the lease belongs to a colleague's job on a shared base: submitted by another user (root, here)
+    job_id = subprocess.run(["sbatch", "--parsable", "--mem=64M", "-o", "/dev/null", "--wrap", "sleep 120"],
+                            cwd="/tmp", capture_output=True, text=True, check=True).stdout.strip()
     transport.run(f"touch {leased}/.leases/{job_id}")  # what a submitted run records
     for key, value in {**cluster_env, "SLURM_DEPLOYMENT_BASE_PATH": base}.items():
         monkeypatch.setenv(key, value)
@@ -46,7 +51,7 @@ def test_gc_keeps_environments_of_queued_or_running_jobs(transport, cluster_env,
         # six 1.17's wheel is unused now but younger than the grace period (a build may be using it)
         assert "six-1.17.0-py2.py3-none-any.whl" in wheels
     finally:
-        transport.run(f"scancel {job_id}", check=False)
+        subprocess.run(["scancel", job_id], check=False)
     transport.run(f"while squeue -h -j {job_id} -t PD,R,CG 2>/dev/null | grep -q .; do sleep 0.2; done", timeout=60)
     assert main(["env", "gc", "--keep", "0", "--older-than", "0s"]) == 0
     assert transport.stat_size(f"{leased}/activate.sh") is None
@@ -54,3 +59,25 @@ def test_gc_keeps_environments_of_queued_or_running_jobs(transport, cluster_env,
     transport.run(f"touch -d '2 hours ago' {base}/wheels/* {base}/tools/*")
     assert main(["env", "gc", "--keep", "0", "--older-than", "0s"]) == 0
     assert transport.listdir(f"{base}/wheels") == [] and transport.listdir(f"{base}/tools") == []
+
+
+def test_gc_deletes_nothing_when_squeue_fails(transport, cluster_env, tmp_path, monkeypatch, capsys):
+    """slurmctld stopped by its pid: squeue cannot say which leases are live, so gc aborts."""
+    from conftest import CLUSTER_SCRIPT
+
+    base = transport.absolute(f"dagster-slurm-tests/gc-{uuid.uuid4().hex[:8]}")
+    lock = make_uv_project(tmp_path / "p", six="1.16.0")
+    packer = UvPacker(lock, "linux-64", "3.11")
+    key = compute_cache_key(lock.read_bytes(), packer.key_command(), packer.platform, [])
+    env = ensure_environment(transport, RemoteLayout(base), packer, key, log=print).path
+    transport.run(f"touch {env}/.leases/999999")
+    for name, value in {**cluster_env, "SLURM_DEPLOYMENT_BASE_PATH": base}.items():
+        monkeypatch.setenv(name, value)
+    with open("/run/slurmctld.pid") as fh:
+        os.kill(int(fh.read().strip()), signal.SIGTERM)
+    try:
+        assert main(["env", "gc", "--keep", "0", "--older-than", "0s"]) == 2
+    finally:
+        subprocess.run([str(CLUSTER_SCRIPT), "start"], check=True, capture_output=True, timeout=300)
+    assert "squeue failed" in capsys.readouterr().err
+    assert transport.stat_size(f"{env}/activate.sh") is not None

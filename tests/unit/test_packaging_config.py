@@ -140,10 +140,17 @@ def test_gc_plan_keeps_leased_deployed_recent_and_young():
 
 
 def test_inventory_parse_and_durations():
-    inv = Inventory.parse("LINK|/e/k|/e/.store/k-1\nSTORE|/e/.store/k-1|100|published|7,8,\nACTIVE|8,\n")
+    inv = Inventory.parse("LINK|/e/k|/e/.store/k-1\nSTORE|/e/.store/k-1|100|published|7,8,\nACTIVE|0|8,\n")
     store = inv.stores["/e/.store/k-1"]
     assert store.published and store.leases == ["7", "8"] and inv.active_leases(store) == ["8"]
-    assert inv.links_to("/e/.store/k-1") == ["/e/k"]
+    assert inv.links_to("/e/.store/k-1") == ["/e/k"] and inv.squeue_error is None
     assert parse_duration_spec("12h") == 43200 and parse_duration_spec("7d") == 604800
     with pytest.raises(ValueError):
         parse_duration_spec("soon")
+
+
+def test_inventory_squeue_failure_is_not_read_as_no_active_job():
+    down = Inventory.parse("ACTIVE|1|slurm_load_jobs error: Unable to contact slurm controller (connect failure),\n")
+    assert down.squeue_error is not None and "Unable to contact" in down.squeue_error
+    gone = Inventory.parse("ACTIVE|1|slurm_load_jobs error: Invalid job id specified,\n")  # all leased jobs ended
+    assert gone.squeue_error is None and gone.active_jobs == set()

@@ -8,6 +8,7 @@ import time
 
 from dagster_slurm.config.slurm import BASE_PATH_ENV, DEFAULT_REMOTE_BASE
 from dagster_slurm.config.ssh import SSHConnectionResource
+from dagster_slurm.errors import DagsterSlurmError
 from dagster_slurm.packaging.inventory import Inventory, plan_gc, scan_script
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.transport import SSHTransport, get_transport
@@ -32,6 +33,9 @@ def run_list(args) -> None:
 
 def run_gc(args) -> None:
     transport, layout, inv = _inventory()
+    if inv.squeue_error is not None:
+        raise DagsterSlurmError(f"gc: squeue failed ({inv.squeue_error}), so it is unknown which environments "
+                                "queued or running jobs use. Nothing was deleted; retry when Slurm answers.")
     plan = plan_gc(inv, keep=args.keep, older_than=args.older_than, now=time.time())
     verb = "would delete" if args.dry_run else "deleting"
     for store in plan.stores:

@@ -33,7 +33,11 @@ def scan_script(layout: RemoteLayout) -> str:
         f"for f in {q(layout.tools)}/uv-*; do [ -f \"$f\" ] && printf 'TOOL|%s|%s\\n' \"${{f##*/}}\" "
         "\"$(stat -c %Y \"$f\")\"; done",
         f"printf 'LOCKS|%s\\n' \"$(ls {q(layout.locks)} 2>/dev/null | wc -l)\"",
-        "printf 'ACTIVE|%s\\n' \"$(squeue -h -u \"$(id -un)\" -o %i 2>/dev/null | tr '\\n' ,)\"",
+        # every leased job, whoever submitted it (a shared base holds colleagues' leases too); squeue's
+        # exit status and errors go along, so a failed squeue is never read as "no job is active"
+        f"ids=$(ls {q(layout.store)}/*/.leases 2>/dev/null | grep -E '^[0-9_]+$' | sort -u | paste -sd, -)",
+        "if [ -n \"$ids\" ]; then out=$(squeue -h -o %i -j \"$ids\" 2>&1); rc=$?; else out=; rc=0; fi",
+        "printf 'ACTIVE|%s|%s\\n' \"$rc\" \"$(printf '%s' \"$out\" | tr '\\n' ,)\"",
         "true",
     ])
 
@@ -64,6 +68,7 @@ class Inventory:
     tools: dict[str, float] = field(default_factory=dict)
     build_locks: int = 0
     active_jobs: set[str] = field(default_factory=set)
+    squeue_error: str | None = None  # squeue could not say which leased jobs are active
 
     @classmethod
     def parse(cls, text: str) -> Inventory:
@@ -82,7 +87,12 @@ class Inventory:
             elif kind == "LOCKS":
                 inv.build_locks = int(rest.strip() or 0)
             elif kind == "ACTIVE":
-                inv.active_jobs = set(_items(rest))
+                rc, _, listed = rest.partition("|")
+                items = _items(listed)
+                inv.active_jobs = {i for i in items if re.fullmatch(r"\d+(_\d+)?", i)}
+                errors = [i for i in items if i not in inv.active_jobs]
+                if rc != "0" and not (errors and all("Invalid job id" in e for e in errors)):
+                    inv.squeue_error = " ".join(errors) or f"exit status {rc}"
         return inv
 
     def links_to(self, store_path: str) -> list[str]:

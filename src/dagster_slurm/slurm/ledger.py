@@ -76,9 +76,6 @@ def claims(names: list[str] | None) -> list[int]:
     return sorted(int(name) for name in names or [] if name.isdigit())
 
 
-ACTIVE = "active"
-
-
 @dataclass(frozen=True)
 class Decision:
     action: Literal["submit", "reattach", "adopt"]
