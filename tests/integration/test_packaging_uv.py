@@ -131,8 +131,11 @@ def test_killed_build_is_never_used(base, transport, tmp_path, cluster_env):
     proc.wait()
     assert transport.stat_size(f"{base}/envs/{key}/activate.sh") is None
     messages = []
-    result = ensure_environment(transport, RemoteLayout(base), packer, key, stale_after=1.5, log=messages.append)
+    started = time.monotonic()  # default stale_after (60 s): the dead holder on this machine is seen at once
+    result = ensure_environment(transport, RemoteLayout(base), packer, key, log=messages.append)
     assert not result.cache_hit
+    assert time.monotonic() - started < 30
+    assert any(f"process {proc.pid} on this machine, is gone" in m for m in messages), messages
     check = transport.run(f". {result.path}/activate.sh && python -c 'import six, dagster_pipes; print(six.__version__)'")
     assert check.stdout.strip() == "1.16.0"
 

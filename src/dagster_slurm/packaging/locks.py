@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import shlex
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from dagster_slurm.errors import DagsterSlurmError, RemoteFileError
 
 log = logging.getLogger("dagster_slurm.packaging")
 
+OWNER = "owner"  # "<hostname> <pid>" of the holder, inside the lock directory
 CACHE_HOME = Path(os.environ.get("DAGSTER_SLURM_CACHE", Path.home() / ".cache" / "dagster-slurm"))
 
 
@@ -58,6 +60,10 @@ class RemoteLock:
             self.transport.mkdir(self.path)
         except RemoteFileError:
             return False
+        try:  # who holds it: a waiter on this machine can tell at once when the holder died
+            self.transport.write_bytes(f"{self.path}/{OWNER}", f"{socket.gethostname()} {os.getpid()}".encode())
+        except RemoteFileError:
+            pass  # without it, waiters fall back to the stale-mtime rule
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="dagster-slurm-lock")
         self._thread.start()
@@ -76,6 +82,21 @@ class RemoteLock:
             self._thread.join(timeout=5)
         self.transport.run(f"rm -rf -- {shlex.quote(self.path)}", check=False, retry=True)
 
+    def _dead_local_holder(self) -> int | None:
+        """The pid of the lock's holder if it ran on this machine and no longer exists. Holders on other
+        hosts are judged by the stale-mtime rule (NFS attribute caches hold 60 s)."""
+        raw = self.transport.read_from(f"{self.path}/{OWNER}")
+        host, _, pid = (raw or b"").decode(errors="replace").strip().partition(" ")
+        if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+            return None
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return int(pid)
+        except OSError:
+            return None  # exists, owned by someone else
+        return None
+
     def wait_for(self, done: Callable[[], bool], timeout: float, log_fn: Callable[[str], None]) -> bool:
         """Wait until ``done()`` (another process published) -> False, or we hold the lock -> True."""
         deadline = time.monotonic() + timeout
@@ -86,6 +107,11 @@ class RemoteLock:
                 return False
             if self.try_acquire():
                 return True
+            dead = self._dead_local_holder()
+            if dead is not None:
+                log_fn(f"Breaking lock {self.path}: its holder, process {dead} on this machine, is gone.")
+                self.transport.run(f"rm -rf -- {shlex.quote(self.path)}", check=False, retry=True)
+                continue
             mtime = self.transport.stat_mtime(self.path)
             now = time.monotonic()
             if mtime != seen_mtime:
