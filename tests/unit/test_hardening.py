@@ -154,3 +154,31 @@ def test_finished_job_is_reported_at_once_when_accounting_is_down():
     assert handle.final is not None and not handle.final.accounted and handle.final.state == state
     assert watcher.ticks == 1
     assert handle.final.metadata()["slurm_accounting"].startswith("unavailable")
+
+
+class _Conn:
+    def __init__(self):
+        self.closed = False
+
+    def is_closed(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_late_loss_report_of_an_old_connection_keeps_the_new_one():
+    from dagster_slurm.config.ssh import SSHSettings
+    from dagster_slurm.transport.ssh import SSHTransport
+
+    transport = SSHTransport(SSHSettings(host="127.0.0.1"))
+    old, new = _Conn(), _Conn()
+    transport._conn = new  # type: ignore[assignment]
+    transport._mark_lost(old)  # the old connection's connection_lost arrives after the reconnect
+    assert transport._conn is new and not new.closed
+    transport._mark_lost(new)
+    assert transport._conn is None
+    transport._conn = new  # type: ignore[assignment]
+    new.closed = False
+    transport._mark_lost()  # an operation found the connection broken: it is closed, not leaked
+    assert transport._conn is None and new.closed

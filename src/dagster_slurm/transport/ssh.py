@@ -8,6 +8,7 @@ A dropped connection is reopened on the next call; calls marked ``retry`` are re
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import random
@@ -46,8 +47,13 @@ def _known_hosts(settings: SSHSettings):
     return asyncssh.import_known_hosts("")
 
 
-def _client_factory(settings: SSHSettings, known, on_lost: Callable[[], None]):
+def _client_factory(settings: SSHSettings, known, on_lost: Callable[[object], None]):
     class _Client(asyncssh.SSHClient):
+        _conn: object = None
+
+        def connection_made(self, conn) -> None:
+            self._conn = conn
+
         def validate_host_public_key(self, host, addr, port, key) -> bool:
             # Only reached for keys known_hosts does not trust. accept-new trusts an unknown host once
             # and records it; a host with a different recorded key is refused (possible MITM).
@@ -64,7 +70,7 @@ def _client_factory(settings: SSHSettings, known, on_lost: Callable[[], None]):
             return True
 
         def connection_lost(self, exc) -> None:
-            on_lost()
+            on_lost(self._conn)  # which connection died: a late report of an old one must not drop a new one
 
     return _Client
 
@@ -89,8 +95,16 @@ class SSHTransport:
             for name, n in kw.items():
                 setattr(self.stats, name, getattr(self.stats, name) + n)
 
-    def _mark_lost(self) -> None:
+    def _mark_lost(self, conn: object = None) -> None:
+        """Forget the connection (``conn``: only if it is still the current one) and close what hangs on it."""
+        if conn is not None and conn is not self._conn:
+            return
+        old, shells = self._conn, self._shells
         self._conn, self._sftp, self._shells = None, None, []
+        for shell in shells:
+            shell.close()
+        if old is not None and not old.is_closed():
+            old.close()  # a connection we stop using is closed, not leaked
 
     def _describe(self) -> str:
         s = self.settings
@@ -108,7 +122,7 @@ class SSHTransport:
             "login_timeout": s.connect_timeout,
             "keepalive_interval": s.keepalive_interval,
             "keepalive_count_max": 3,
-            "client_factory": _client_factory(s, known, self._mark_lost if is_target else lambda: None),
+            "client_factory": _client_factory(s, known, self._mark_lost if is_target else lambda _conn: None),
             "kbdint_auth": bool(s.password),  # never wait on an interactive prompt we cannot answer
         }
         if user:
@@ -431,7 +445,11 @@ def get_transport(settings: SSHSettings) -> SSHTransport:
 
 
 def close_all_transports() -> None:
+    """Close every connection of this process (also run at interpreter exit)."""
     with _pool_lock:
         for transport in _pool.values():
             transport.close()
         _pool.clear()
+
+
+atexit.register(close_all_transports)
