@@ -81,3 +81,40 @@ def test_gc_deletes_nothing_when_squeue_fails(transport, cluster_env, tmp_path, 
         subprocess.run([str(CLUSTER_SCRIPT), "start"], check=True, capture_output=True, timeout=300)
     assert "squeue failed" in capsys.readouterr().err
     assert transport.stat_size(f"{env}/activate.sh") is not None
+
+
+def test_runs_gc_deletes_old_finished_run_folders_only(transport, cluster_env, ssh, pipes_env, payloads,
+                                                        monkeypatch, capsys):
+    import dagster as dg
+
+    from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource
+
+    base = transport.absolute(f"dagster-slurm-tests/runs-gc-{uuid.uuid4().hex[:8]}")
+    slurm = SlurmResource(ssh=ssh, remote_base=base, queue=SlurmQueueConfig(mem="128M", time_limit="00:05:00"))
+
+    @dg.asset
+    def failing(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=str(payloads / "fails.py")).get_results()
+
+    result = dg.materialize([failing], resources={"compute": ComputeResource(
+        mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)}, raise_on_error=False)
+    assert not result.success
+    failed_root = f"{base}/runs/{result.run_id}"
+    assert transport.listdir(failed_root)  # kept for debugging
+    # a step call whose job still runs: its folder must survive whatever its age
+    job_id = transport.run("sbatch --parsable --mem=64M -o /dev/null --wrap 'sleep 120'").stdout.strip()
+    live = f"{base}/runs/other-run/live-step-0123"
+    transport.run(f"mkdir -p {live} && printf '{{\"n\":0,\"job_id\":\"{job_id}\"}}\\n' > {live}/ledger.jsonl")
+    transport.run(f"find {base}/runs -exec touch -d '2 days ago' {{}} +")
+    for key, value in {**cluster_env, "SLURM_DEPLOYMENT_BASE_PATH": base}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        assert main(["runs", "gc", "--older-than", "1d", "--dry-run"]) == 0
+        assert "1 run folder(s) to delete, 1 kept" in capsys.readouterr().out
+        assert transport.listdir(failed_root)
+        assert main(["runs", "gc", "--older-than", "1d"]) == 0
+        assert "1 run folder(s) deleted, 1 kept" in capsys.readouterr().out
+        assert transport.stat_size(failed_root) is None  # the folder and its emptied run folder
+        assert transport.stat_size(f"{live}/ledger.jsonl") is not None
+    finally:
+        transport.run(f"scancel {job_id}", check=False)

@@ -180,3 +180,24 @@ def test_accounting_down_still_reports_the_run_at_once(slurm, pipes_env, payload
     assert meta["value"].value == 42
     assert meta["slurm_accounting"].value.startswith("unavailable")
     assert elapsed < 30
+
+
+def test_extras_beyond_an_environment_variables_limit(slurm, pipes_env, payloads, transport):
+    blob = "x" * 300_000 + "the-end!"  # > 128 KiB, Linux's limit for one environment variable
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env, debug_mode=True)
+    result = _materialize(_asset(payloads / "big_extras.py", extras={"blob": blob}), compute)
+    assert result.success, result.log_messages[-10:]
+    meta = result.asset_materializations_for_node("reporter")[0].metadata
+    assert (meta["blob_len"].value, meta["blob_tail"].value) == (len(blob), "the-end!")
+    left = transport.run(f"ls {slurm.remote_base}/runs/{result.run_id}/*/0").stdout.split()
+    assert "context.json" not in left and "env.sh" not in left  # removed once the job ended
+
+
+def test_environment_that_cannot_be_activated_records_exit_97(slurm, payloads, transport, remote_base):
+    broken = f"{remote_base}/envs/broken-activate"
+    transport.run(f"mkdir -p {broken}/env && printf 'echo activation exploded >&2; return 3\\n' > {broken}/activate.sh")
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=broken)
+    result = _materialize(_asset(payloads / "trivial.py"), compute)
+    assert not result.success
+    text = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "exit code 97" in text and "activation exploded" in text and "sourcing" in text

@@ -182,3 +182,17 @@ def test_a_late_loss_report_of_an_old_connection_keeps_the_new_one():
     new.closed = False
     transport._mark_lost()  # an operation found the connection broken: it is closed, not leaked
     assert transport._conn is None and new.closed
+
+
+def test_runs_gc_plan_keeps_young_and_active_folders():
+    from dagster_slurm.slurm.run_folders import RunFolders, delete_command, plan_runs_gc
+
+    text = ("CALL|/b/runs/r1/a-1|1000|11,12\nCALL|/b/runs/r1/b-2|1000|13\nCALL|/b/runs/r2/c-3|99000|\n"
+            "CALL|/b/runs/r3/d-4|1000|\nACTIVE|0|13,\n")
+    found = RunFolders.parse(text)
+    doomed = plan_runs_gc(found, older_than=3600, now=100_000)
+    assert [c.path for c in doomed] == ["/b/runs/r1/a-1", "/b/runs/r3/d-4"]  # b-2's job 13 runs; c-3 is young
+    command = delete_command("/b/runs", doomed)
+    assert "rm -rf -- /b/runs/r1/a-1" in command and "-empty -delete" in command
+    down = RunFolders.parse("ACTIVE|1|slurm_load_jobs error: Unable to contact slurm controller,\n")
+    assert down.squeue_error is not None

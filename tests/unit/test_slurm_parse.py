@@ -277,7 +277,7 @@ def test_sacct_running_and_pending():
 
 def test_sacct_rendered_script_job():
     acct = one("sacct_rendered_script.txt")
-    assert acct.job_id == "26" and acct.state == "COMPLETED" and acct.exit_code == "0:0"
+    assert acct.job_id == "317" and acct.state == "COMPLETED" and acct.exit_code == "0:0"
 
 
 def test_sacct_batch_of_jobs():

@@ -1,7 +1,7 @@
 """script.py: queue_directives and render_job_script.
 
 tests/data/slurm/job_script_expected.sh was rendered by render_job_script from SNAPSHOT_JOB below
-and submitted unchanged with ``sbatch`` on the Slurm 22.05.8 test cluster (job 26): sbatch took
+and submitted unchanged with ``sbatch`` on the Slurm 22.05.8 test cluster (job 317): sbatch took
 the quoted #SBATCH lines (JobName=dagster asset's run, WorkDir=/home/slurmuser/rec/run dir,
 Comment=it's a "quoted" comment), the job COMPLETED (tests/data/slurm/sacct_rendered_script.txt),
 printed "hello world" to "run dir/stdout.log" and wrote 0 to "run dir/exit_code".
@@ -81,7 +81,7 @@ def test_rendered_directives_are_shell_quoted():
 
 def test_rendered_command_is_quoted():
     script = render_job_script(snapshot_job())
-    command_line = next(line for line in script.splitlines() if line.startswith("python3"))
+    command_line = next(line.strip() for line in script.splitlines() if line.strip().startswith("python3"))
     assert shlex.split(command_line) == ["python3", "-c", "import sys; print('hello world'); sys.exit(0)"]
 
 
@@ -216,13 +216,47 @@ def test_unknown_extra_sbatch_option_lists_valid_options():
     assert "Valid options are: " in message
     for option in ("constraint", "exclusive", "mail-type", "gres"):
         assert option in message
-    assert message.count(", ") == len(KNOWN_SBATCH_OPTIONS) - 1
+    assert message.count(", ") == len(KNOWN_SBATCH_OPTIONS) - 1  # no cluster asked: this version's list
 
 
-@pytest.mark.parametrize("option", ["output", "error", "chdir", "job-name", "parsable", "wrap"])
-def test_options_set_by_dagster_slurm_are_not_allowed(option):
-    with pytest.raises(ConfigurationError, match="unknown sbatch option"):
-        queue_directives({}, {"extra_sbatch_options": {option: "x"}})
+@pytest.mark.parametrize("option", ["output", "error", "chdir", "job-name", "parsable", "wrap", "array", "wait"])
+def test_options_owned_by_dagster_slurm_are_refused_with_the_reason(option):
+    with pytest.raises(ConfigurationError, match=f"sbatch option '{option}' cannot be set: ") as info:
+        queue_directives({}, {"extra_sbatch_options": {option: "x"}}, cluster_options=lambda: frozenset([option]))
+    assert len(str(info.value)) > 60
+
+
+def _cluster_help() -> str:
+    return "".join(line for line in (DATA / "sbatch_help.txt").read_text().splitlines(keepends=True)
+                   if not line.startswith("# "))
+
+
+def test_options_of_a_newer_sbatch_are_accepted_when_the_cluster_lists_them():
+    from dagster_slurm.config.queue import sbatch_options_from_help
+
+    # the recorded 22.05 help, plus a line of a newer Slurm's help (23.02 added --prefer)
+    text = _cluster_help() + "      --prefer=list           features desired but not required by job\n"
+    asked = []
+
+    def cluster_options():
+        asked.append(1)
+        return sbatch_options_from_help(text)
+
+    assert queue_directives({}, {"extra_sbatch_options": {"prefer": "a100"}}, cluster_options=cluster_options) \
+        == {"prefer": "a100"}
+    assert queue_directives({}, {"extra_sbatch_options": {"constraint": "gpu"}},
+                            cluster_options=lambda: pytest.fail("known options need no probe")) == {"constraint": "gpu"}
+    with pytest.raises(ConfigurationError, match="not in the cluster's `sbatch --help`"):
+        queue_directives({}, {"extra_sbatch_options": {"prefer": "x"}},
+                         cluster_options=lambda: sbatch_options_from_help(_cluster_help()))
+    assert asked == [1]
+
+
+def test_recorded_sbatch_help_lists_the_known_options():
+    from dagster_slurm.config.queue import sbatch_options_from_help
+
+    options = sbatch_options_from_help(_cluster_help())
+    assert {"constraint", "gres", "time", "array", "wrap"} <= options and len(options) > 80
 
 
 def test_mem_and_mem_per_cpu_is_an_error():

@@ -28,7 +28,7 @@ def _count(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dagster-slurm",
-        description="Deploy payload environments to a Slurm cluster and manage its environment cache.",
+        description="Deploy payload environments to a Slurm cluster, manage its environment cache and run folders.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--older-than", type=_duration, default="7d",
                     help="Only delete environments older than this (e.g. 12h, 7d).")
     gc.add_argument("--dry-run", action="store_true", help="Say what would be deleted, delete nothing.")
+
+    runs = sub.add_parser("runs", help="Run folders on the cluster (job scripts and logs).")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    runs_gc = runs_sub.add_parser("gc", help="Delete run folders untouched for a while whose jobs are over "
+                                             "(failed runs keep theirs for debugging until then).")
+    runs_gc.add_argument("--older-than", type=_duration, default="7d",
+                         help="Only delete run folders untouched for this long (e.g. 12h, 7d).")
+    runs_gc.add_argument("--dry-run", action="store_true", help="Say what would be deleted, delete nothing.")
     return parser
 
 
@@ -64,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             from dagster_slurm.cli.deploy import run_deploy
 
             run_deploy(args)
+        elif args.command == "runs":
+            from dagster_slurm.cli.runs import run_runs_gc
+
+            run_runs_gc(args)
         else:
             from dagster_slurm.cli.envs import run_gc, run_list
 

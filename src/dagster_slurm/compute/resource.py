@@ -18,6 +18,7 @@ from dagster_slurm.compute.launchers import BashLauncher
 from dagster_slurm.compute.local import run_local
 from dagster_slurm.compute.options import RunOptions, resolve_run_options
 from dagster_slurm.config.env import check_env_names
+from dagster_slurm.config.queue import sbatch_options_from_help
 from dagster_slurm.config.run import SlurmRunConfig
 from dagster_slurm.config.slurm import DEFAULT_REMOTE_BASE, SlurmResource
 from dagster_slurm.errors import ConfigurationError, RemoteFileError
@@ -26,6 +27,7 @@ from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
 from dagster_slurm.slurm.script import job_name, queue_directives
 from dagster_slurm.slurm.watcher import watcher_for
 from dagster_slurm.transport import get_transport
+from dagster_slurm.transport.probes import probe
 
 RESOURCES_METADATA_KEY = "slurm_resources"
 _bases_ready: set[tuple[int, str]] = set()
@@ -177,6 +179,7 @@ class ComputeResource(dg.ConfigurableResource):
         directives = queue_directives(
             slurm.queue.model_dump(),
             {**(metadata.get(RESOURCES_METADATA_KEY) or {}), **(resource_requirements or {})},
+            cluster_options=lambda: sbatch_options_from_help(probe(transport, "sbatch --help", check=False)),
         )
         command = launcher.command(remote_payload, local=False)
         request = SlurmJobRequest(

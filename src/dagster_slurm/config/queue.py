@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import dagster as dg
 from pydantic import Field
 
@@ -10,18 +13,46 @@ from dagster_slurm.errors import ConfigurationError
 # Long sbatch options a user may pass through ``extra_sbatch_options`` (Slurm 22.05+).
 # Options that dagster-slurm sets itself (output, error, chdir, parsable, wrap, job-name) are absent.
 KNOWN_SBATCH_OPTIONS = frozenset(
-    ["account", "acctg-freq", "array", "batch", "bb", "bbf", "begin", "cluster-constraint", "clusters", "comment", "constraint", "container", "contiguous", "core-spec", "cores-per-socket", "cpu-freq", "cpus-per-gpu", "cpus-per-task", "deadline", "delay-boot", "dependency", "distribution", "exclude", "exclusive", "export", "export-file", "extra-node-info", "get-user-env", "gid", "gpu-bind", "gpu-freq", "gpus", "gpus-per-node", "gpus-per-socket", "gpus-per-task", "gres", "gres-flags", "hint", "hold", "ignore-pbs", "kill-on-invalid-dep", "licenses", "mail-type", "mail-user", "mcs-label", "mem", "mem-bind", "mem-per-cpu", "mem-per-gpu", "mincpus", "network", "nice", "no-kill", "no-requeue", "nodefile", "nodelist", "nodes", "ntasks", "ntasks-per-core", "ntasks-per-gpu", "ntasks-per-node", "ntasks-per-socket", "open-mode", "overcommit", "oversubscribe", "partition", "power", "priority", "profile", "propagate", "qos", "reboot", "requeue", "reservation", "signal", "sockets-per-node", "spread-job", "switches", "thread-spec", "threads-per-core", "time", "time-min", "tmp", "uid", "use-min-nodes", "wait-all-nodes", "wckey"]
+    ["account", "acctg-freq", "batch", "bb", "bbf", "begin", "cluster-constraint", "clusters", "comment", "constraint", "container", "contiguous", "core-spec", "cores-per-socket", "cpu-freq", "cpus-per-gpu", "cpus-per-task", "deadline", "delay-boot", "dependency", "distribution", "exclude", "exclusive", "export", "export-file", "extra-node-info", "get-user-env", "gid", "gpu-bind", "gpu-freq", "gpus", "gpus-per-node", "gpus-per-socket", "gpus-per-task", "gres", "gres-flags", "hint", "hold", "ignore-pbs", "kill-on-invalid-dep", "licenses", "mail-type", "mail-user", "mcs-label", "mem", "mem-bind", "mem-per-cpu", "mem-per-gpu", "mincpus", "network", "nice", "no-kill", "no-requeue", "nodefile", "nodelist", "nodes", "ntasks", "ntasks-per-core", "ntasks-per-gpu", "ntasks-per-node", "ntasks-per-socket", "open-mode", "overcommit", "oversubscribe", "partition", "power", "priority", "profile", "propagate", "qos", "reboot", "requeue", "reservation", "signal", "sockets-per-node", "spread-job", "switches", "thread-spec", "threads-per-core", "time", "time-min", "tmp", "uid", "use-min-nodes", "wait-all-nodes", "wckey"]
 )
 
-def validate_sbatch_options(options: dict[str, str], setting: str) -> dict[str, str]:
-    """Return ``options`` with keys normalised (no leading dashes); reject unknown ones."""
+# Options dagster-slurm sets or whose semantics it owns: a user value would break it.
+OWNED_SBATCH_OPTIONS = {
+    "array": "one Slurm job per step call is the library's model (an array would run the payload N times)",
+    "het-group": "heterogeneous jobs are not supported",
+    "output": "the library writes stdout.log into the run folder and streams it to Dagster",
+    "error": "the library writes stderr.log into the run folder and streams it to Dagster",
+    "chdir": "the job runs in its run folder",
+    "parsable": "the library reads the job id with --parsable itself",
+    "wait": "the library watches the job itself; --wait would block sbatch",
+    "wrap": "the library writes the job script",
+    "job-name": "the library names jobs so it can find them again",
+    "help": "not a job option", "usage": "not a job option", "version": "not a job option",
+}
+
+
+def sbatch_options_from_help(text: str) -> frozenset[str]:
+    """Long options listed by the cluster's ``sbatch --help``."""
+    return frozenset(re.findall(r"(?<![\w-])--([a-z][a-z0-9-]*)", text))
+
+
+def validate_sbatch_options(options: dict[str, str], setting: str,
+                            cluster_options: Callable[[], frozenset[str]] | None = None) -> dict[str, str]:
+    """Return ``options`` with keys normalised (no leading dashes). Options the library owns are refused
+    with the reason; others must be known to sbatch: this version's list, or (asked only when needed,
+    once per process) the cluster's own ``sbatch --help``."""
     out: dict[str, str] = {}
     for raw_key, value in options.items():
         key = raw_key.lstrip("-").replace("_", "-")
-        if key not in KNOWN_SBATCH_OPTIONS:
+        if key in OWNED_SBATCH_OPTIONS:
             raise ConfigurationError(
-                f"{setting}: unknown sbatch option {raw_key!r}. Valid options are: "
-                + ", ".join(sorted(KNOWN_SBATCH_OPTIONS))
+                f"{setting}: sbatch option {raw_key!r} cannot be set: {OWNED_SBATCH_OPTIONS[key]}."
+            )
+        if key not in KNOWN_SBATCH_OPTIONS and (cluster_options is None or key not in cluster_options()):
+            valid = KNOWN_SBATCH_OPTIONS | (cluster_options() if cluster_options else frozenset())
+            raise ConfigurationError(
+                f"{setting}: unknown sbatch option {raw_key!r} (not in the cluster's `sbatch --help`). "
+                "Valid options are: " + ", ".join(sorted(valid - OWNED_SBATCH_OPTIONS.keys()))
             )
         out[key] = str(value)
     return out

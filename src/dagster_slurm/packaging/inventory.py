@@ -9,6 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from dagster_slurm.packaging.packer import RemoteLayout
+from dagster_slurm.slurm.parse import active_jobs_script, parse_active
 
 ORPHAN_GRACE_SECONDS = 3600  # an unpublished store folder (or unreferenced wheel) younger than this may be in use
 WHEELS_USED = ".dagster-slurm-wheels.txt"
@@ -33,11 +34,8 @@ def scan_script(layout: RemoteLayout) -> str:
         f"for f in {q(layout.tools)}/uv-*; do [ -f \"$f\" ] && printf 'TOOL|%s|%s\\n' \"${{f##*/}}\" "
         "\"$(stat -c %Y \"$f\")\"; done",
         f"printf 'LOCKS|%s\\n' \"$(ls {q(layout.locks)} 2>/dev/null | wc -l)\"",
-        # every leased job, whoever submitted it (a shared base holds colleagues' leases too); squeue's
-        # exit status and errors go along, so a failed squeue is never read as "no job is active"
-        f"ids=$(ls {q(layout.store)}/*/.leases 2>/dev/null | grep -E '^[0-9_]+$' | sort -u | paste -sd, -)",
-        "if [ -n \"$ids\" ]; then out=$(squeue -h -o %i -j \"$ids\" 2>&1); rc=$?; else out=; rc=0; fi",
-        "printf 'ACTIVE|%s|%s\\n' \"$rc\" \"$(printf '%s' \"$out\" | tr '\\n' ,)\"",
+        # every leased job, whoever submitted it (a shared base holds colleagues' leases too)
+        active_jobs_script(f"$(ls {q(layout.store)}/*/.leases 2>/dev/null | grep -E '^[0-9_]+$' | sort -u | paste -sd, -)"),
         "true",
     ])
 
@@ -87,12 +85,7 @@ class Inventory:
             elif kind == "LOCKS":
                 inv.build_locks = int(rest.strip() or 0)
             elif kind == "ACTIVE":
-                rc, _, listed = rest.partition("|")
-                items = _items(listed)
-                inv.active_jobs = {i for i in items if re.fullmatch(r"\d+(_\d+)?", i)}
-                errors = [i for i in items if i not in inv.active_jobs]
-                if rc != "0" and not (errors and all("Invalid job id" in e for e in errors)):
-                    inv.squeue_error = " ".join(errors) or f"exit status {rc}"
+                inv.active_jobs, inv.squeue_error = parse_active(rest)
         return inv
 
     def links_to(self, store_path: str) -> list[str]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-import weakref
-
 from dagster_slurm.errors import ConfigurationError
+from dagster_slurm.transport.probes import probe
 
 ARCH_TO_PLATFORM = {
     "x86_64": "linux-64",
@@ -14,10 +12,6 @@ ARCH_TO_PLATFORM = {
     "arm64": "linux-aarch64",
     "ppc64le": "linux-ppc64le",
 }
-
-_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
-
 
 def platform_for_arch(arch: str) -> str:
     try:
@@ -31,14 +25,14 @@ def platform_for_arch(arch: str) -> str:
 
 def detect_platform(transport) -> str:
     """The cluster's platform, from one ``uname -m`` per transport (so per process)."""
-    return platform_for_arch(_probe(transport, "uname -m"))
+    return platform_for_arch(probe(transport, "uname -m"))
 
 
 def remote_python_version(transport, remote_python: str) -> str:
     """``major.minor`` of the cluster's ``remote_python`` (asked once per process)."""
     import shlex
 
-    out = _probe(transport, f"{shlex.quote(remote_python)} -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'",
+    out = probe(transport, f"{shlex.quote(remote_python)} -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'",
                  check=False)
     if not out.strip() or not out.strip()[0].isdigit():
         raise ConfigurationError(
@@ -46,18 +40,6 @@ def remote_python_version(transport, remote_python: str) -> str:
             "ComputeResource.remote_python to an existing interpreter (e.g. /usr/bin/python3)."
         )
     return out.strip()
-
-
-def _probe(transport, command: str, check: bool = True) -> str:
-    """Run a read-only fact-finding command once per transport and command."""
-    with _lock:
-        facts = _cache.setdefault(transport, {})
-        if command in facts:
-            return facts[command]
-    out = transport.run(command, retry=True, check=check).stdout
-    with _lock:
-        facts[command] = out
-    return out
 
 
 def resolve_platform(transport, pack_platform: str | None, auto_detect: bool) -> str:

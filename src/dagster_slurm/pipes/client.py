@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from dagster import PipesClient, PipesClientCompletedInvocation, PipesEnvContextInjector, open_pipes_session
+from dagster import PipesClient, PipesClientCompletedInvocation, open_pipes_session
 
 from dagster_slurm.errors import SlurmJobError, tail
 from dagster_slurm.pipes.attempts import Placement, StepCallLedger
+from dagster_slurm.pipes.context import SlurmContextInjector
 from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
 from dagster_slurm.pipes.waiting import JobLeftQueued, wait_for_job
 from dagster_slurm.slurm.ledger import Attempt
@@ -23,6 +24,7 @@ from dagster_slurm.slurm.watcher import JobWatcher
 from dagster_slurm.transport.base import Transport
 
 log = logging.getLogger("dagster_slurm.pipes")
+CONTEXT_FILE = "context.json"  # the Pipes context (extras included), 0600, removed when the job ended
 
 
 NO_PIPES_HINT = (
@@ -84,8 +86,10 @@ class SlurmPipesClient(PipesClient):
         files = RunFiles(placement.run_dir)
         reader = SlurmRunMessageReader(self.transport, files, on_exit=self.watcher.poke,
                                        min_interval=self.watcher.min_interval, max_interval=self.output_poll_max)
+        injector = SlurmContextInjector(self.transport, files.path(CONTEXT_FILE),
+                                        write=placement.attempt.job_id is None)
         with open_pipes_session(
-            context=context, context_injector=PipesEnvContextInjector(), message_reader=reader, extras=extras
+            context=context, context_injector=injector, message_reader=reader, extras=extras
         ) as session:
             job_id = placement.attempt.job_id
             if job_id is None:
@@ -112,7 +116,8 @@ class SlurmPipesClient(PipesClient):
                 raise
             finally:
                 if not leave_env_file:  # the job ended or was cancelled: its env file goes, whatever happened
-                    self.transport.run(f"rm -f -- {shlex.quote(files.path('env.sh'))}", check=False, retry=True)
+                    secrets = " ".join(shlex.quote(files.path(name)) for name in ("env.sh", CONTEXT_FILE))
+                    self.transport.run(f"rm -f -- {secrets}", check=False, retry=True)
         metadata: dict[str, Any] = {**acct.metadata(), **request.metadata}
         return PipesClientCompletedInvocation(session, metadata=metadata)
 

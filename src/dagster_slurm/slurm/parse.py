@@ -66,6 +66,28 @@ def unresolvable_reason(reason: str) -> str | None:
     return _UNRESOLVABLE_REASONS.get(reason.split(",")[0].strip())
 
 
+def active_jobs_script(ids_expr: str) -> str:
+    """Shell lines printing ``ACTIVE|<squeue exit status>|<ids and errors, comma-separated>`` for the
+    jobs in the comma-separated list ``ids_expr`` (any user's); see :func:`parse_active`."""
+    return "\n".join([
+        f"ids={ids_expr}",
+        "if [ -n \"$ids\" ]; then out=$(squeue -h -o %i -j \"$ids\" 2>&1); rc=$?; else out=; rc=0; fi",
+        "printf 'ACTIVE|%s|%s\\n' \"$rc\" \"$(printf '%s' \"$out\" | tr '\\n' ,)\"",
+    ])
+
+
+def parse_active(rest: str) -> tuple[set[str], str | None]:
+    """(queued or running job ids, squeue's error or None) from the text after ``ACTIVE|``. A failed
+    squeue is never read as "no job is active"; "Invalid job id" (all of them ended) is no failure."""
+    rc, _, listed = rest.partition("|")
+    items = [item for item in listed.split(",") if item]
+    active = {i for i in items if re.fullmatch(r"\d+(_\d+)?", i)}
+    errors = [i for i in items if i not in active]
+    if rc != "0" and not (errors and all("Invalid job id" in e for e in errors)):
+        return active, " ".join(errors) or f"exit status {rc}"
+    return active, None
+
+
 def normalise_state(raw: str) -> str:
     """``CANCELLED by 1000`` -> ``CANCELLED``; ``COMPLETED+`` -> ``COMPLETED``."""
     return raw.split()[0].rstrip("+") if raw.strip() else "UNKNOWN"
