@@ -200,4 +200,4 @@ def test_environment_that_cannot_be_activated_records_exit_97(slurm, payloads, t
     result = _materialize(_asset(payloads / "trivial.py"), compute)
     assert not result.success
     text = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert "exit code 97" in text and "activation exploded" in text and "sourcing" in text
+    assert "status 97" in text and "activation exploded" in text and "could not be set up" in text

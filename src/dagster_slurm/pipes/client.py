@@ -19,7 +19,7 @@ from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
 from dagster_slurm.pipes.waiting import JobLeftQueued, wait_for_job
 from dagster_slurm.slurm.ledger import Attempt
 from dagster_slurm.slurm.parse import JobAccounting
-from dagster_slurm.slurm.script import JobScript, render_job_script
+from dagster_slurm.slurm.script import ACTIVATION_FAILED, JobScript, render_job_script
 from dagster_slurm.slurm.watcher import JobWatcher
 from dagster_slurm.transport.base import Transport
 
@@ -185,9 +185,12 @@ class SlurmPipesClient(PipesClient):
             "NODE_FAIL": "a node failed",
             "PREEMPTED": "the job was preempted",
         }.get(acct.state, "the payload failed")
-        if acct.state == "COMPLETED" and payload_rc:
+        if payload_rc == ACTIVATION_FAILED:
+            what = f"its environment could not be set up (sourcing env.sh / activate.sh failed, status {payload_rc})"
+        elif payload_rc:
             what = f"the payload exited with status {payload_rc}"
-        text = (f"Slurm job {acct.job_id} ended {acct.state} (exit code {acct.exit_code}): {what}.\n"
+        exit_code = acct.exit_code or (f"{payload_rc}:0" if payload_rc is not None else "unknown")
+        text = (f"Slurm job {acct.job_id} ended {acct.state} (exit code {exit_code}): {what}.\n"
                 f"Its job script and logs stay on the cluster in {files.run_dir} (stdout.log, stderr.log).")
         if stderr_tail:
             text += f"\nstderr (tail):\n{stderr_tail}"

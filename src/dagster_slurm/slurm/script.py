@@ -32,6 +32,7 @@ REQUIREMENT_KEYS = {
 
 _MEMORY = ("mem", "mem-per-cpu")
 ATTEMPT_PREFIX = "# dagster-slurm attempt: "
+ACTIVATION_FAILED = 97  # the job script's exit status when its env file or activate.sh cannot be sourced
 
 
 def attempt_from_script(text: str) -> dict[str, Any]:
@@ -135,7 +136,7 @@ def render_job_script(job: JobScript) -> str:
         lines.append(f"if {' && '.join('. ' + q(f) for f in sources)}; then")
         lines.append("  " + " ".join(q(arg) for arg in job.command))
         lines.append("  rc=$?")
-        lines.append(f"else echo {failed} >&2; rc=97; fi")
+        lines.append(f"else echo {failed} >&2; rc={ACTIVATION_FAILED}; fi")
     else:
         lines.append(" ".join(q(arg) for arg in job.command))
         lines.append("rc=$?")
