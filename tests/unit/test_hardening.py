@@ -196,3 +196,21 @@ def test_runs_gc_plan_keeps_young_and_active_folders():
     assert "rm -rf -- /b/runs/r1/a-1" in command and "-empty -delete" in command
     down = RunFolders.parse("ACTIVE|1|slurm_load_jobs error: Unable to contact slurm controller,\n")
     assert down.squeue_error is not None
+
+
+def test_a_literal_password_in_code_gets_a_warning_without_the_value(monkeypatch):
+    monkeypatch.delenv("PW_FOR_TEST", raising=False)
+    with pytest.warns(UserWarning, match="password is a literal string in code") as record:
+        SSHConnectionResource(host="127.0.0.1", password="hunter2-literal")
+    assert all("hunter2-literal" not in str(w.message) for w in record)
+
+
+def test_a_password_from_the_environment_gets_no_warning(monkeypatch):
+    import warnings
+
+    monkeypatch.setenv("PW_FOR_TEST", "from-env-secret")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resource = SSHConnectionResource(host="127.0.0.1", password=dg.EnvVar("PW_FOR_TEST"))
+        with dg.build_resources({"ssh": resource}) as built:
+            assert built.ssh.settings().password == "from-env-secret"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dagster_slurm.errors import ConfigurationError
 
@@ -95,6 +96,22 @@ class SSHConnectionResource(dg.ConfigurableResource):
     command_timeout: float = Field(
         default=120.0, description="Default bound, in seconds, for any single remote command."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _warn_about_literal_secrets(cls, data: Any) -> Any:
+        """A secret written into code ends up in version control and in Dagster's run config. Values
+        given as dg.EnvVar, or read from the environment, are fine; the value itself is never shown."""
+        if isinstance(data, dict):
+            for name, var in (("password", "PASSWORD"), ("key_passphrase", "KEY_PASSPHRASE")):
+                value = data.get(name)
+                if isinstance(value, str) and not isinstance(value, dg.EnvVar) and value \
+                        and value not in os.environ.values():
+                    warnings.warn(
+                        f"SSHConnectionResource.{name} is a literal string in code. Pass "
+                        f"dg.EnvVar('{ENV_PREFIX}{var}') (or use SSHConnectionResource.from_env()) so the "
+                        "secret stays out of your code and Dagster's run config.", UserWarning, stacklevel=2)
+        return data
 
     @classmethod
     def from_env(cls, prefix: str = ENV_PREFIX, **overrides) -> SSHConnectionResource:
