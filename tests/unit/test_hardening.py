@@ -196,6 +196,8 @@ def test_runs_gc_plan_keeps_young_and_active_folders():
     assert "rm -rf -- /b/runs/r1/a-1" in command and "-empty -delete" in command
     down = RunFolders.parse("ACTIVE|1|slurm_load_jobs error: Unable to contact slurm controller,\n")
     assert down.squeue_error is not None
+    malformed = RunFolders.parse("ACTIVE|1|squeue: error: Invalid job id: _,\n")  # not "all ended": a failure
+    assert malformed.squeue_error is not None
 
 
 def test_a_literal_password_in_code_gets_a_warning_without_the_value(monkeypatch):

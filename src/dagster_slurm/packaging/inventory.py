@@ -35,7 +35,7 @@ def scan_script(layout: RemoteLayout) -> str:
         "\"$(stat -c %Y \"$f\")\"; done",
         f"printf 'LOCKS|%s\\n' \"$(ls {q(layout.locks)} 2>/dev/null | wc -l)\"",
         # every leased job, whoever submitted it (a shared base holds colleagues' leases too)
-        active_jobs_script(f"$(ls {q(layout.store)}/*/.leases 2>/dev/null | grep -E '^[0-9_]+$' | sort -u | paste -sd, -)"),
+        active_jobs_script(f"$(ls {q(layout.store)}/*/.leases 2>/dev/null | grep -E '^[0-9]+(_[0-9]+)?$' | sort -u | paste -sd, -)"),
         "true",
     ])
 

@@ -167,7 +167,7 @@ def _section(text: str, tool: str) -> list[list[str]]:
     rc = lines.pop() if lines and lines[-1].startswith("rc=") else "rc=?"
     rows = [line.split("|") for line in lines if "|" in line and "error" not in line]
     errors = [line for line in lines if "|" not in line or "error" in line]
-    if rc != "rc=0" and not (errors and all("Invalid job id" in e for e in errors)):
+    if rc != "rc=0" and not (errors and all("Invalid job id specified" in e for e in errors)):
         raise SlurmUnavailable(f"{tool} failed ({rc}): {' '.join(errors)[-300:] or 'no message'}")
     return rows
 

@@ -83,7 +83,7 @@ def parse_active(rest: str) -> tuple[set[str], str | None]:
     items = [item for item in listed.split(",") if item]
     active = {i for i in items if re.fullmatch(r"\d+(_\d+)?", i)}
     errors = [i for i in items if i not in active]
-    if rc != "0" and not (errors and all("Invalid job id" in e for e in errors)):
+    if rc != "0" and not (errors and all("Invalid job id specified" in e for e in errors)):
         return active, " ".join(errors) or f"exit status {rc}"
     return active, None
 

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from dagster_slurm.slurm.ledger import LEDGER
 from dagster_slurm.slurm.parse import active_jobs_script, parse_active
 
+# sed program printing the job id of each ledger line that has one (only well-formed ids: one bad id
+# would make squeue fail for the whole list)
+JOB_IDS = shlex.quote(r's/.*"job_id":"\([0-9][0-9]*\(_[0-9][0-9]*\)\{0,1\}\)".*/\1/p')
+
 
 def scan_runs_script(runs: str) -> str:
     """Per step-call folder: its newest mtime and the job ids in its ledger; then which are active."""
@@ -17,11 +21,10 @@ def scan_runs_script(runs: str) -> str:
     return "\n".join([
         f"for d in {q(runs)}/*/*/; do [ -d \"$d\" ] || continue; d=${{d%/}}; "
         "m=$(find \"$d\" -printf '%T@\\n' 2>/dev/null | sort -n | tail -n 1); "
-        f"j=$(grep -o '\"job_id\":\"[0-9_]*\"' \"$d/{LEDGER}\" 2>/dev/null | grep -o '[0-9_][0-9_]*' | paste -sd, -); "
+        f"j=$(sed -n {JOB_IDS} \"$d/{LEDGER}\" 2>/dev/null | paste -sd, -); "
         "printf 'CALL|%s|%s|%s\\n' \"$d\" \"${m%.*}\" \"$j\"; done",
         active_jobs_script(
-            f"$(cat {q(runs)}/*/*/{LEDGER} 2>/dev/null | grep -o '\"job_id\":\"[0-9_]*\"' "
-            "| grep -o '[0-9_][0-9_]*' | sort -u | paste -sd, -)"),
+            f"$(cat {q(runs)}/*/*/{LEDGER} 2>/dev/null | sed -n {JOB_IDS} | sort -u | paste -sd, -)"),
         "true",
     ])
 
