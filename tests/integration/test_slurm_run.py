@@ -201,3 +201,15 @@ def test_environment_that_cannot_be_activated_records_exit_97(slurm, payloads, t
     assert not result.success
     text = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "status 97" in text and "activation exploded" in text and "could not be set up" in text
+
+
+def test_resource_teardown_closes_the_connection(slurm, pipes_env, payloads):
+    from dagster_slurm.transport import get_transport
+
+    transport = get_transport(slurm.ssh.settings())  # the one the runs below use
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    before = transport.stats.connections
+    assert _materialize(_asset(payloads / "trivial.py"), compute).success
+    assert transport._conn is None  # closed when Dagster tore the resource down, not left to process exit
+    assert _materialize(_asset(payloads / "trivial.py"), compute).success  # the next run reconnects
+    assert transport.stats.connections >= before + 1

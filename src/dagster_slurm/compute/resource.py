@@ -26,7 +26,7 @@ from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
 from dagster_slurm.slurm.script import job_name, queue_directives
 from dagster_slurm.slurm.watcher import watcher_for
-from dagster_slurm.transport import get_transport
+from dagster_slurm.transport import close_transport, get_transport
 from dagster_slurm.transport.probes import probe
 
 RESOURCES_METADATA_KEY = "slurm_resources"
@@ -230,6 +230,12 @@ class ComputeResource(dg.ConfigurableResource):
             auto_detect_platform=self.auto_detect_platform, cache_inject_globs=self.cache_inject_globs,
             remote_python=self.remote_python, python_version=self.python_version, debug_mode=self.debug_mode,
         )
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Dagster tears the resource down (end of the step process or the in-process run): close the
+        SSH connection this resource used instead of leaving it to the interpreter's exit."""
+        if self.mode == "slurm" and self.slurm is not None:
+            close_transport(self.slurm.ssh.settings())
 
     def _slurm(self) -> SlurmResource:
         if self.slurm is None:

@@ -1,7 +1,7 @@
 """Transport layer: the one seam through which every remote command, upload and read goes."""
 
 from dagster_slurm.transport.base import CommandResult, Transport, TransportStats
-from dagster_slurm.transport.ssh import SSHTransport, close_all_transports, get_transport
+from dagster_slurm.transport.ssh import SSHTransport, close_all_transports, close_transport, get_transport
 
 __all__ = [
     "CommandResult",
@@ -9,5 +9,6 @@ __all__ = [
     "Transport",
     "TransportStats",
     "close_all_transports",
+    "close_transport",
     "get_transport",
 ]

@@ -444,6 +444,14 @@ def get_transport(settings: SSHSettings) -> SSHTransport:
         return transport
 
 
+def close_transport(settings: SSHSettings) -> None:
+    """Close the connection of the transport for ``settings`` (if any); the next use reconnects."""
+    with _pool_lock:
+        transport = _pool.get(settings)
+    if transport is not None:
+        transport.close()
+
+
 def close_all_transports() -> None:
     """Close every connection of this process (also run at interpreter exit)."""
     with _pool_lock:
