@@ -80,10 +80,10 @@ def _instrument(transport, rec: dict) -> None:
                     "out": result.stdout.strip()[:200], "rc": result.exit_status})
         return result
 
-    def file_op(what, path, op, timeout=None):
+    def file_op(what, path, op, timeout=None, **kw):
         t0 = time.time()
         try:
-            return orig_file_op(what, path, op, timeout)
+            return orig_file_op(what, path, op, timeout, **kw)
         finally:
             ops.append({"kind": "sftp", "t0": t0, "t1": time.time(), "what": f"{what} {path}"[:160]})
 
