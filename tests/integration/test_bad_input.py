@@ -154,7 +154,8 @@ def test_skip_payload_upload_without_remote_payload(slurm, pipes_env, payloads):
 
 
 def test_key_and_password_both_set():
-    with pytest.raises(ConfigurationError, match="key_path and password"):
+    with pytest.raises(ConfigurationError, match="key_path and password"), \
+            pytest.warns(UserWarning, match="literal string in code"):
         SSHConnectionResource(host="h", key_path=__file__, password="x").settings()
 
 
