@@ -153,7 +153,7 @@ def test_terminate_cancels_and_its_reexecution_submits_anew(orchestrator, transp
     assert o.wait_job(transport, {"CANCELLED"}) == job_id
     assert any(f"cancelling Slurm job {job_id}" in m for m in o.messages()), out[-3000:]
     env_files = transport.run(f"ls {o.env['TEST_REMOTE_BASE']}/runs/*/{o.asset}-*/*/env.sh 2>/dev/null || true")
-    assert env_files.stdout.strip() == ""  # a terminated run leaves no secrets behind
+    assert env_files.stdout.strip() == "", out[-4000:]  # a terminated run leaves no secrets behind
 
     o.env["TEST_SECONDS"] = "1"  # any payload: a terminated step's job is never reused
     out = o.finish("reexec")

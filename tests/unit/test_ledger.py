@@ -9,6 +9,7 @@ import pytest
 from dagster_slurm.slurm.ledger import (
     Attempt,
     SlurmUnavailable,
+    append_command,
     claims,
     decide,
     ledger_line,
@@ -16,7 +17,6 @@ from dagster_slurm.slurm.ledger import (
     parse_lookup,
     parse_state,
     parse_submit,
-    reported_command,
     submit_command,
 )
 
@@ -57,7 +57,7 @@ def test_decide(latest, state, fingerprint, present, action, still_running):
 def test_ledger_lines_merge_per_attempt_and_skip_torn_lines():
     text = (
         ledger_line(_job().record())
-        + ledger_line({"n": 0, "reported": "FAILED"})
+        + ledger_line({"n": 0, "reported": "FAILED"})  # what append_command writes
         + ledger_line(_job(n=1, job_id="42", run_id="run-b").record())
         + '{"n": 2, "job_id": "4'  # torn by a crash
         + "\nnot json\n"
@@ -97,7 +97,7 @@ def test_submit_command_writes_a_ledger_line_that_parses(tmp_path):
     assert parse_submit(out.stdout) == "1234"
     assert (tmp_path / "leases" / "1234").exists()
     assert (folder / "3" / "sbatch.0" / "at").read_text().strip().isdigit()  # the try's start, cluster clock
-    subprocess.run(["sh", "-c", reported_command(str(folder), 3, "COMPLETED")], check=True)
+    subprocess.run(["sh", "-c", append_command(str(folder), {"n": 3, "reported": "COMPLETED"})], check=True)
     recorded = parse_ledger((folder / "ledger.jsonl").read_text())[3]
     assert (recorded.job_id, recorded.run_id, recorded.reported) == ("1234", "r%s\\n'x", "COMPLETED")
     # the same try again, or any try once the attempt is closed: refused, nothing submitted

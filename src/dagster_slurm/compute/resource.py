@@ -26,7 +26,7 @@ from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
 from dagster_slurm.slurm.script import job_name, queue_directives
 from dagster_slurm.slurm.watcher import watcher_for
-from dagster_slurm.transport import close_transport, get_transport
+from dagster_slurm.transport import hold_transport, release_transport
 from dagster_slurm.transport.probes import probe
 
 RESOURCES_METADATA_KEY = "slurm_resources"
@@ -161,7 +161,7 @@ class ComputeResource(dg.ConfigurableResource):
             return run_local(context, launcher.command(local, local=True), extra_env, extras)
 
         slurm = self._slurm()
-        transport = get_transport(slurm.ssh.settings())
+        transport = hold_transport(slurm.ssh.settings(), self)
         watcher = watcher_for(transport, slurm.poll_interval_min, slurm.poll_interval_max)
         base = ensure_base(transport, slurm.remote_base or DEFAULT_REMOTE_BASE)
         call = step_call(context)
@@ -232,10 +232,10 @@ class ComputeResource(dg.ConfigurableResource):
         )
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        """Dagster tears the resource down (end of the step process or the in-process run): close the
-        SSH connection this resource used instead of leaving it to the interpreter's exit."""
+        """Dagster tears the resource down (end of the step process or the in-process run): the SSH
+        connection is closed once no other resource of this process holds it (atexit closes the rest)."""
         if self.mode == "slurm" and self.slurm is not None:
-            close_transport(self.slurm.ssh.settings())
+            release_transport(self.slurm.ssh.settings(), self)
 
     def _slurm(self) -> SlurmResource:
         if self.slurm is None:

@@ -10,8 +10,8 @@ from pydantic import Field
 
 from dagster_slurm.errors import ConfigurationError
 
-# Long sbatch options a user may pass through ``extra_sbatch_options`` (Slurm 22.05+).
-# Options that dagster-slurm sets itself (output, error, chdir, parsable, wrap, job-name) are absent.
+# Long sbatch options a user may pass through ``extra_sbatch_options`` (Slurm 22.05+); options of newer
+# versions are accepted when the cluster's ``sbatch --help`` lists them. OWNED_SBATCH_OPTIONS are refused.
 KNOWN_SBATCH_OPTIONS = frozenset(
     ["account", "acctg-freq", "batch", "bb", "bbf", "begin", "cluster-constraint", "clusters", "comment", "constraint", "container", "contiguous", "core-spec", "cores-per-socket", "cpu-freq", "cpus-per-gpu", "cpus-per-task", "deadline", "delay-boot", "dependency", "distribution", "exclude", "exclusive", "export", "export-file", "extra-node-info", "get-user-env", "gid", "gpu-bind", "gpu-freq", "gpus", "gpus-per-node", "gpus-per-socket", "gpus-per-task", "gres", "gres-flags", "hint", "hold", "ignore-pbs", "kill-on-invalid-dep", "licenses", "mail-type", "mail-user", "mcs-label", "mem", "mem-bind", "mem-per-cpu", "mem-per-gpu", "mincpus", "network", "nice", "no-kill", "no-requeue", "nodefile", "nodelist", "nodes", "ntasks", "ntasks-per-core", "ntasks-per-gpu", "ntasks-per-node", "ntasks-per-socket", "open-mode", "overcommit", "oversubscribe", "partition", "power", "priority", "profile", "propagate", "qos", "reboot", "requeue", "reservation", "signal", "sockets-per-node", "spread-job", "switches", "thread-spec", "threads-per-core", "time", "time-min", "tmp", "uid", "use-min-nodes", "wait-all-nodes", "wckey"]
 )
@@ -50,8 +50,9 @@ def validate_sbatch_options(options: dict[str, str], setting: str,
             )
         if key not in KNOWN_SBATCH_OPTIONS and (cluster_options is None or key not in cluster_options()):
             valid = KNOWN_SBATCH_OPTIONS | (cluster_options() if cluster_options else frozenset())
+            where = " (not in the cluster's `sbatch --help` either)" if cluster_options else ""
             raise ConfigurationError(
-                f"{setting}: unknown sbatch option {raw_key!r} (not in the cluster's `sbatch --help`). "
+                f"{setting}: unknown sbatch option {raw_key!r}{where}. "
                 "Valid options are: " + ", ".join(sorted(valid - OWNED_SBATCH_OPTIONS.keys()))
             )
         out[key] = str(value)
@@ -75,5 +76,6 @@ class SlurmQueueConfig(dg.Config):
     extra_sbatch_options: dict[str, str] = Field(
         default_factory=dict,
         description="Further sbatch long options without dashes, e.g. {'constraint': 'gpu'}. "
-        "Checked against a known list; unknown options are an error.",
+        "Checked against a known list and the cluster's `sbatch --help`; unknown options, and those the "
+        "library owns (array, output, error, chdir, job-name, parsable, wait, wrap), are an error.",
     )

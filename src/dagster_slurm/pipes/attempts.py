@@ -1,4 +1,4 @@
-"""Exactly one Slurm job per step attempt: find an earlier job of this step call, or claim and submit one.
+"""Exactly one Slurm job per step call and attempt: find an earlier job of this call, or claim and submit one.
 
 The remote ledger (``slurm/ledger.py`` has its layout) says which jobs this step call already has.
 ``place`` decides, before anything is staged, whether to reattach to a queued or running job, adopt
@@ -30,15 +30,14 @@ from dagster_slurm.slurm.ledger import (
     Attempt,
     Decision,
     SlurmUnavailable,
+    append_command,
     claims,
     decide,
-    ledger_line,
     lookup_command,
     parse_ledger,
     parse_lookup,
     parse_state,
     parse_submit,
-    reported_command,
     state_command,
     submit_command,
 )
@@ -77,10 +76,10 @@ class StepCallLedger:
         self._sleep = sleep
 
     # -- deciding
-    def place(self, template: Attempt) -> Placement:
-        """Reattach, adopt, or claim attempt n (its folder created) for ``template``'s job."""
+    def place(self, *, run_id: str, fingerprint: str, job_name: str) -> Placement:
+        """Reattach, adopt, or claim attempt n (its folder created) for the job ``run_id`` wants to run."""
         for _ in range(MAX_ROUNDS):
-            attempts, claimed = self._read()
+            exists, attempts, claimed = self._read()
             latest = None
             if claimed:
                 n = claimed[-1]
@@ -92,45 +91,50 @@ class StepCallLedger:
                 state = self.job_state(latest.job_id)
             present = state == "COMPLETED" and latest is not None and \
                 self.transport.stat_size(f"{self.folder}/{latest.n}/messages.jsonl") is not None
-            decision = decide(latest, state, template.fingerprint, present)
+            decision = decide(latest, state, fingerprint, present)
             if decision.action != "submit":
                 assert latest is not None
                 return Placement(self.folder, latest, decision)
             n = claimed[-1] + 1 if claimed else 0
-            if self._claim(n, folder_exists=bool(claimed) or bool(attempts)):
+            if self._claim(n, folder_exists=exists):
                 # a fresh name per attempt: a job of an earlier, consumed use of this folder never matches
-                name = f"{template.job_name}-{secrets.token_hex(3)}"
-                return Placement(self.folder, Attempt(n, None, template.run_id, template.fingerprint, name,
+                name = f"{job_name}-{secrets.token_hex(3)}"
+                return Placement(self.folder, Attempt(n, None, run_id, fingerprint, name,
                                                       sbatch_timeout=self.sbatch_timeout), decision)
         raise DagsterSlurmError(f"Could not claim an attempt in {self.folder}: other processes kept claiming "
                                 "first. Is the same step running in several orchestrators at once?")
 
-    def _read(self) -> tuple[dict[int, Attempt], list[int]]:
+    def _read(self) -> tuple[bool, dict[int, Attempt], list[int]]:
+        """(does the step-call folder exist, its ledger, its claimed attempt numbers)."""
         names = self.transport.listdir(self.folder)
         if names is None:
-            return {}, []
+            return False, {}, []
         data = self.transport.read_from(f"{self.folder}/{LEDGER}", 0, 1 << 24) if LEDGER in names else None
-        return parse_ledger((data or b"").decode(errors="replace")), claims(names)
+        return True, parse_ledger((data or b"").decode(errors="replace")), claims(names)
 
     def _claim(self, n: int, folder_exists: bool) -> bool:
-        """Create attempt n's run folder: atomic, so exactly one process claims each attempt."""
+        """Create attempt n's run folder: atomic, so exactly one process claims each attempt. Its parents
+        are made first when missing; made again once if another step's cleanup removed the (then empty)
+        run folder in between."""
         path = f"{self.folder}/{n}"
-        if not folder_exists:
-            for parent in (self.folder.rsplit("/", 1)[0], self.folder):
-                try:
-                    self.transport.mkdir(parent, mode=0o700)
-                except RemoteFileError:
-                    pass  # it exists; any other cause shows in the mkdir below
-        try:
-            self.transport.mkdir(path, mode=0o700)  # run folders are private to the user
-            return True
-        except RemoteFileError as exc:
-            if self.transport.stat_size(path) is not None:
-                return False  # another process claimed attempt n first
-            raise ConfigurationError(
-                f"Cannot create the run folder {path} on the cluster: {exc}. Set SlurmResource.remote_base "
-                "(SLURM_DEPLOYMENT_BASE_PATH) to a folder you can write, with free space and inodes."
-            ) from None
+        for make_parents in (not folder_exists, True):
+            if make_parents:
+                for parent in (self.folder.rsplit("/", 1)[0], self.folder):
+                    try:
+                        self.transport.mkdir(parent, mode=0o700)
+                    except RemoteFileError:
+                        pass  # it exists; any other cause shows in the mkdir below
+            try:
+                self.transport.mkdir(path, mode=0o700)  # run folders are private to the user
+                return True
+            except RemoteFileError as exc:
+                if self.transport.stat_size(path) is not None:
+                    return False  # another process claimed attempt n first
+                problem = exc
+        raise ConfigurationError(
+            f"Cannot create the run folder {path} on the cluster: {problem}. Set SlurmResource.remote_base "
+            "(SLURM_DEPLOYMENT_BASE_PATH) to a folder you can write, with free space and inodes."
+        )
 
     def _settle_orphan(self, n: int, known: Attempt) -> Attempt | None:
         """Attempt n was claimed but has no job in the ledger: its claimer is gone or mid-way. Close it
@@ -147,7 +151,7 @@ class StepCallLedger:
                        "and submitted no job; it is closed.")
             return None
         attempt.job_id = job_id
-        self._append(ledger_line(attempt.record()))  # repair the ledger
+        self._append(attempt.record())  # repair the ledger
         self._warn(f"Slurm job {job_id} of {run_dir} was missing from the ledger; recorded it.")
         return attempt
 
@@ -197,9 +201,8 @@ class StepCallLedger:
             "Nothing was submitted; re-execute the step when the Slurm controller answers."
         )
 
-    def _append(self, line: str) -> None:
-        self.transport.run(f"printf '%s' {shlex.quote(line)} >> {shlex.quote(self.folder + '/' + LEDGER)}",
-                           retry=True)
+    def _append(self, record: dict[str, object]) -> None:
+        self.transport.run(append_command(self.folder, record), retry=True)
 
     # -- submitting
     def submit(self, placement: Placement, lease_dir: str | None, describe_request: str) -> str:
@@ -216,7 +219,7 @@ class StepCallLedger:
                 job_id = parse_submit(result.stdout)
                 if job_id is not None:
                     if result.exit_status != 0:  # submitted, but the ledger line or lease was not written
-                        self._append(ledger_line({**attempt.record(), "job_id": job_id}))
+                        self._append({**attempt.record(), "job_id": job_id})
                     return job_id
                 status, stderr = result.exit_status, tail(result.stderr)
                 if status == GUARD_TAKEN:
@@ -245,7 +248,7 @@ class StepCallLedger:
             self._warn(f"{what}; looking the job up before anything is submitted again.")
             job_id = self._find_job(attempt)
             if job_id is not None:
-                self._append(ledger_line({**attempt.record(), "job_id": job_id}))
+                self._append({**attempt.record(), "job_id": job_id})
                 self._warn(f"Found Slurm job {job_id}: sbatch had submitted it; using it, nothing resubmitted.")
                 return job_id
             self._warn(f"sbatch try {try_number} of {placement.run_dir} provably submitted nothing; trying again.")
@@ -261,5 +264,5 @@ class StepCallLedger:
             parent = self.folder.rsplit("/", 1)[0]
             command = f"rm -rf -- {q(self.folder)} ; rmdir {q(parent)} 2>/dev/null ; true"
         else:
-            command = reported_command(self.folder, placement.attempt.n, state)
+            command = append_command(self.folder, {"n": placement.attempt.n, "reported": state})
         self.transport.run(command, check=False, retry=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,14 +15,12 @@ from dagster_slurm.errors import SlurmJobError, tail
 from dagster_slurm.pipes.attempts import Placement, StepCallLedger
 from dagster_slurm.pipes.context import SlurmContextInjector
 from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
-from dagster_slurm.pipes.waiting import JobLeftQueued, wait_for_job
-from dagster_slurm.slurm.ledger import Attempt
+from dagster_slurm.pipes.waiting import wait_for_job
 from dagster_slurm.slurm.parse import JobAccounting
 from dagster_slurm.slurm.script import ACTIVATION_FAILED, JobScript, render_job_script
 from dagster_slurm.slurm.watcher import JobWatcher
 from dagster_slurm.transport.base import Transport
 
-log = logging.getLogger("dagster_slurm.pipes")
 CONTEXT_FILE = "context.json"  # the Pipes context (extras included), 0600, removed when the job ended
 
 
@@ -81,7 +78,7 @@ class SlurmPipesClient(PipesClient):
     ) -> PipesClientCompletedInvocation:
         ledger = StepCallLedger(self.transport, request.folder, sbatch_timeout=request.sbatch_timeout,
                                 warn=context.log.warning)
-        placement = ledger.place(Attempt(-1, None, request.run_id, request.fingerprint, request.job_name))
+        placement = ledger.place(run_id=request.run_id, fingerprint=request.fingerprint, job_name=request.job_name)
         self._say(context, placement)
         files = RunFiles(placement.run_dir)
         reader = SlurmRunMessageReader(self.transport, files, on_exit=self.watcher.poke,
@@ -98,11 +95,13 @@ class SlurmPipesClient(PipesClient):
                 placement.attempt.job_id = job_id
                 context.log.info(f"Submitted Slurm job {job_id} ({placement.attempt.job_name}); "
                                  f"run folder {files.run_dir}")
-            leave_env_file = False
-            try:
-                reader.start()
-                acct = wait_for_job(context.log, self.watcher, self.transport, job_id,
-                                    job_timeout=self.job_timeout, queue_timeout=self.queue_timeout)
+            # the job's secrets go once it is over (a queued job still sources them): with a cancel, or below
+            forget_secrets = "rm -f -- " + " ".join(shlex.quote(files.path(n)) for n in ("env.sh", CONTEXT_FILE))
+            reader.start()
+            acct = wait_for_job(context.log, self.watcher, self.transport, job_id, job_timeout=self.job_timeout,
+                                queue_timeout=self.queue_timeout, cancel_also=forget_secrets)
+            folder_gone = False
+            try:  # the job has ended: from here on its secrets go, whatever happens
                 reader.drain()
                 try:
                     self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files)
@@ -110,14 +109,10 @@ class SlurmPipesClient(PipesClient):
                     ledger.report(placement, acct.state, success=False, keep=True)
                     raise
                 ledger.report(placement, acct.state, success=True, keep=request.keep_run_dir)
-                leave_env_file = not request.keep_run_dir  # gone already, with its folder
-            except JobLeftQueued:
-                leave_env_file = True  # the job may still start and source it
-                raise
+                folder_gone = not request.keep_run_dir
             finally:
-                if not leave_env_file:  # the job ended or was cancelled: its env file goes, whatever happened
-                    secrets = " ".join(shlex.quote(files.path(name)) for name in ("env.sh", CONTEXT_FILE))
-                    self.transport.run(f"rm -f -- {secrets}", check=False, retry=True)
+                if not folder_gone:
+                    self.transport.run(forget_secrets, check=False, retry=True)
         metadata: dict[str, Any] = {**acct.metadata(), **request.metadata}
         return PipesClientCompletedInvocation(session, metadata=metadata)
 

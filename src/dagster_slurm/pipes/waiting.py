@@ -21,12 +21,15 @@ class JobLeftQueued(SlurmJobError):
 
 def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Transport, job_id: str, *,
                  job_timeout: float | None, queue_timeout: float | None,
+                 cancel_also: str = "",
                  clock: Callable[[], float] = time.monotonic) -> JobAccounting:
     """Block until ``job_id`` ends and return its accounting.
 
     Pending reasons reach the log at INFO when they change, then every few minutes. A job pending for
     a reason that cannot resolve (e.g. PartitionConfig), or longer than ``queue_timeout``, is cancelled
-    and the wait fails naming the setting; after ``job_timeout`` the job is left alone."""
+    and the wait fails naming the setting; after ``job_timeout`` the job is left alone. Whenever this
+    cancels the job (also on terminate), the shell command ``cancel_also`` runs in the same remote
+    command as ``scancel`` (e.g. removing the job's secrets)."""
     handle = watcher.watch(job_id)
     started = clock()
     seen, told_at = ("", ""), started
@@ -44,14 +47,14 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
             if state == "PENDING":
                 why = unresolvable_reason(reason)
                 if why is not None:
-                    _cancel(transport, job_id)
+                    _cancel(transport, job_id, cancel_also)
                     raise ConfigurationError(
                         f"Slurm job {job_id} can never start: pending reason {reason}: {why}. It was cancelled. "
                         "Change SlurmQueueConfig or the asset's resource_requirements / slurm_resources "
                         "(see `scontrol show partition` for the limits)."
                     )
                 if queue_timeout is not None and now - started > queue_timeout:
-                    _cancel(transport, job_id)
+                    _cancel(transport, job_id, cancel_also)
                     raise SlurmJobError(
                         f"Slurm job {job_id} was still pending ({reason or 'no reason given'}) after "
                         f"SlurmResource.queue_timeout={queue_timeout:g} s; it was cancelled.",
@@ -63,7 +66,7 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
                     f"it, or cancel it with `scancel {job_id}`.", job_id, state, "", "")
     except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
         log.warning(f"Run terminated: cancelling Slurm job {job_id} (scancel).")
-        _cancel(transport, job_id)
+        _cancel(transport, job_id, cancel_also)
         raise
     finally:
         watcher.forget(job_id)
@@ -73,5 +76,13 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
     return handle.final
 
 
-def _cancel(transport: Transport, job_id: str) -> None:
-    transport.run(f"scancel {job_id}", check=False, timeout=30)
+def _cancel(transport: Transport, job_id: str, also: str) -> None:
+    """scancel (and ``also``) in one remote command. A second termination signal arriving meanwhile
+    (Dagster's executor forwards one to the step process) must not abort the cancel: it is retried."""
+    command = f"scancel {job_id}" + (f"; {also}" if also else "")
+    for _ in range(3):
+        try:
+            transport.run(command, check=False, timeout=30, retry=True)
+            return
+        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+            continue

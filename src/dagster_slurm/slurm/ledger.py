@@ -2,7 +2,7 @@
 
 Layout, under ``{base}/runs/{root run id}/{label}-{identity}/``::
 
-    ledger.jsonl     one JSON line per event: {"n", "job_id", "run_id", "fingerprint", "job_name", "at"}
+    ledger.jsonl     one JSON line per event: {"n", "job_id", "run_id", "fingerprint", "job_name", "sbatch_timeout"}
                      when attempt n was submitted, {"n", "reported": STATE} when an orchestrator consumed it
     0/, 1/, ...      attempt folders (the job's run folder). Creating one (mkdir, atomic) claims attempt n.
     n/job.sh         the job script; a comment in it holds the attempt's record (to repair the ledger
@@ -20,18 +20,22 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dagster_slurm.slurm.parse import TERMINAL_STATES, normalise_state
+from dagster_slurm.slurm.parse import (
+    JOB_ID,
+    TERMINAL_STATES,
+    normalise_state,
+    only_unknown_job_ids,
+    parse_sbatch_job_id,
+)
 
 LEDGER = "ledger.jsonl"
 SBATCH_GUARD = "sbatch"
 CLOSED = "closed"
 GUARD_TAKEN = 75  # exit status of the submit command when the try was taken or the attempt closed
-JOB_ID = re.compile(r"^\d+(_\d+)?$")
 SUBMITTED = "dagster-slurm-job-id:"  # the submit command prints this and the job id once sbatch succeeded
 
 
@@ -137,12 +141,13 @@ def parse_submit(stdout: str) -> str | None:
     """The job id the submit command printed, if sbatch succeeded (whatever happened after it)."""
     for line in stdout.splitlines():
         if line.startswith(SUBMITTED) and JOB_ID.match(line[len(SUBMITTED):].strip()):
-            return line[len(SUBMITTED):].strip()
+            return parse_sbatch_job_id(line[len(SUBMITTED):])
     return None
 
 
-def reported_command(folder: str, n: int, state: str) -> str:
-    return f"printf '%s' {shlex.quote(ledger_line({'n': n, 'reported': state}))} >> {shlex.quote(folder + '/' + LEDGER)}"
+def append_command(folder: str, record: dict[str, object]) -> str:
+    """Append one record (e.g. ``{"n": 0, "reported": "FAILED"}``, or a repaired job line) to the ledger."""
+    return f"printf '%s' {shlex.quote(ledger_line(record))} >> {shlex.quote(folder + '/' + LEDGER)}"
 
 
 def _tool(command: str) -> str:
@@ -167,7 +172,7 @@ def _section(text: str, tool: str) -> list[list[str]]:
     rc = lines.pop() if lines and lines[-1].startswith("rc=") else "rc=?"
     rows = [line.split("|") for line in lines if "|" in line and "error" not in line]
     errors = [line for line in lines if "|" not in line or "error" in line]
-    if rc != "rc=0" and not (errors and all("Invalid job id specified" in e for e in errors)):
+    if rc != "rc=0" and not only_unknown_job_ids(errors):
         raise SlurmUnavailable(f"{tool} failed ({rc}): {' '.join(errors)[-300:] or 'no message'}")
     return rows
 

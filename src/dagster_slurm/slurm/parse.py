@@ -13,6 +13,12 @@ TERMINAL_STATES = frozenset(
 )
 
 SQUEUE_FORMAT = "%i|%T|%r"
+JOB_ID = re.compile(r"^\d+(_\d+)?$")  # a job id (or array task) as squeue and sacct print it
+
+
+def only_unknown_job_ids(errors: list[str]) -> bool:
+    """squeue/sacct errors that only say the jobs asked for are unknown (ended and purged): no failure."""
+    return bool(errors) and all("Invalid job id specified" in e for e in errors)
 SACCT_FIELDS = "JobID,State,ExitCode,Elapsed,ElapsedRaw,TotalCPU,MaxRSS,NCPUS,NNodes,Partition,NodeList"
 
 
@@ -81,9 +87,9 @@ def parse_active(rest: str) -> tuple[set[str], str | None]:
     squeue is never read as "no job is active"; "Invalid job id" (all of them ended) is no failure."""
     rc, _, listed = rest.partition("|")
     items = [item for item in listed.split(",") if item]
-    active = {i for i in items if re.fullmatch(r"\d+(_\d+)?", i)}
+    active = {i for i in items if JOB_ID.match(i)}
     errors = [i for i in items if i not in active]
-    if rc != "0" and not (errors and all("Invalid job id specified" in e for e in errors)):
+    if rc != "0" and not only_unknown_job_ids(errors):
         return active, " ".join(errors) or f"exit status {rc}"
     return active, None
 

@@ -18,6 +18,7 @@ from dagster_slurm.slurm.parse import (
     SQUEUE_FORMAT,
     TERMINAL_STATES,
     JobAccounting,
+    only_unknown_job_ids,
     parse_sacct,
     parse_squeue,
 )
@@ -114,7 +115,7 @@ class JobWatcher:
         result = self._transport.run(
             f"squeue -h -t all -o '{SQUEUE_FORMAT}' -j {ids}", check=False, retry=True, timeout=30
         )
-        if result.exit_status != 0 and "Invalid job id" not in result.stderr:
+        if result.exit_status != 0 and not only_unknown_job_ids(result.stderr.strip().splitlines()):
             raise DagsterSlurmError(f"squeue failed ({result.exit_status}): {result.stderr.strip()}")
         queue = parse_squeue(result.stdout)
         changed = False

@@ -1,7 +1,13 @@
 """Transport layer: the one seam through which every remote command, upload and read goes."""
 
 from dagster_slurm.transport.base import CommandResult, Transport, TransportStats
-from dagster_slurm.transport.ssh import SSHTransport, close_all_transports, close_transport, get_transport
+from dagster_slurm.transport.ssh import (
+    SSHTransport,
+    close_all_transports,
+    get_transport,
+    hold_transport,
+    release_transport,
+)
 
 __all__ = [
     "CommandResult",
@@ -9,6 +15,7 @@ __all__ = [
     "Transport",
     "TransportStats",
     "close_all_transports",
-    "close_transport",
+    "hold_transport",
+    "release_transport",
     "get_transport",
 ]

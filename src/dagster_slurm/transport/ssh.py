@@ -416,12 +416,10 @@ class SSHTransport:
 
     def close(self) -> None:
         async def op() -> None:
-            for shell in self._shells:
-                shell.close()
-            for conn in (self._conn, self._jump):
-                if conn is not None:
-                    conn.close()
-            self._mark_lost()
+            self._mark_lost()  # closes the shells and the connection
+            if self._jump is not None:
+                self._jump.close()
+                self._jump = None
 
         try:
             run_sync(op(), 5)
@@ -444,10 +442,25 @@ def get_transport(settings: SSHSettings) -> SSHTransport:
         return transport
 
 
-def close_transport(settings: SSHSettings) -> None:
-    """Close the connection of the transport for ``settings`` (if any); the next use reconnects."""
+_holders: dict[SSHSettings, set[int]] = {}
+
+
+def hold_transport(settings: SSHSettings, holder: object) -> SSHTransport:
+    """``get_transport``, and note that ``holder`` (e.g. a resource instance) uses it until it releases it."""
+    transport = get_transport(settings)
     with _pool_lock:
-        transport = _pool.get(settings)
+        _holders.setdefault(settings, set()).add(id(holder))
+    return transport
+
+
+def release_transport(settings: SSHSettings, holder: object) -> None:
+    """``holder`` is done: when it was the last holder, the connection is closed (the next use reconnects)."""
+    with _pool_lock:
+        holders = _holders.get(settings)
+        if holders is None or id(holder) not in holders:
+            return
+        holders.discard(id(holder))
+        transport = _pool.get(settings) if not holders else None
     if transport is not None:
         transport.close()
 
