@@ -70,11 +70,11 @@ def child_ensure(t_proc: float, base: str, lock: str, out: str, go_file: str | N
     rec: dict = {"t_proc": t_proc, "t_imported": time.time(), "cache": os.environ.get("DAGSTER_SLURM_CACHE"),
                  "messages": [], "phases": {}}
     from dagster_slurm import SSHConnectionResource
+    from dagster_slurm.agent import transport_for as get_transport
     from dagster_slurm.packaging.cache import ensure_environment
     from dagster_slurm.packaging.cache_key import compute_cache_key
     from dagster_slurm.packaging.packer import RemoteLayout
     from dagster_slurm.packaging.uv_packer import UvPacker
-    from dagster_slurm.transport import get_transport
 
     rec["t_imported"] = time.time()
     phases = rec["phases"]
@@ -144,7 +144,7 @@ def child_dagster(variant: str, t_proc: float, base: str, lock: str, env_path: s
     from dagster import DagsterInstance
 
     from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource, SSHConnectionResource
-    from dagster_slurm.transport import get_transport
+    from dagster_slurm.agent import transport_for as get_transport
 
     rec: dict = {"t_proc": t_proc, "t_imported": time.time()}
     payload = str(PAYLOAD)
@@ -676,7 +676,7 @@ def main() -> None:
     from uv_projects import make_uv_project
 
     from dagster_slurm import SSHConnectionResource
-    from dagster_slurm.transport import get_transport
+    from dagster_slurm.agent import transport_for as get_transport
 
     admin = get_transport(SSHConnectionResource.from_env(known_hosts_file=os.environ["TESTCLUSTER_KNOWN_HOSTS"]).settings())
     remote_py = admin.run("python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'").stdout.strip()

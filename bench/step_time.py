@@ -63,7 +63,9 @@ def _instrument(transport, rec: dict) -> None:
     library's own ``rm -rf`` of its step-call folder (attempt 0 is the run folder: a fresh run).
     """
     ops = rec.setdefault("ops", [])
-    orig_run, orig_file_op, orig_read_many = transport.run, transport._file_op, transport.read_many
+    orig_run, orig_read_many = transport.run, transport.read_many
+    direct = hasattr(transport, "_file_op")  # an SSHTransport; else the AgentTransport of the shared agent
+    orig_file_op = transport._file_op if direct else transport._file
 
     def run(command, **kw):
         if command.startswith("rm -rf -- ") and "job_end" not in rec:
@@ -80,10 +82,10 @@ def _instrument(transport, rec: dict) -> None:
                     "out": result.stdout.strip()[:200], "rc": result.exit_status})
         return result
 
-    def file_op(what, path, op, timeout=None, **kw):
+    def file_op(what, path, *args, **kw):  # direct: (what, path, op, timeout); agent: (op name, args)
         t0 = time.time()
         try:
-            return orig_file_op(what, path, op, timeout, **kw)
+            return orig_file_op(what, path, *args, **kw)
         finally:
             ops.append({"kind": "sftp", "t0": t0, "t1": time.time(), "what": f"{what} {path}"[:160]})
 
@@ -94,7 +96,11 @@ def _instrument(transport, rec: dict) -> None:
                 rec["reader_saw_exit"] = time.time()
         return chunks
 
-    transport.run, transport._file_op, transport.read_many = run, file_op, read_many
+    transport.run, transport.read_many = run, read_many
+    if direct:
+        transport._file_op = file_op
+    else:
+        transport._file = file_op
 
 
 def child_dagster(mode: str, t_proc: float, env_path: str, out: str, sleep: float) -> None:
@@ -115,7 +121,7 @@ def child_dagster(mode: str, t_proc: float, env_path: str, out: str, sleep: floa
     if mode == "local":
         compute = ComputeResource(mode="local")
     else:
-        from dagster_slurm.transport import get_transport
+        from dagster_slurm.agent import transport_for as get_transport
 
         ssh = SSHConnectionResource.from_env(known_hosts_file=os.environ["TESTCLUSTER_KNOWN_HOSTS"])
         slurm = SlurmResource(ssh=ssh, remote_base=BENCH_BASE,
@@ -397,7 +403,7 @@ def main() -> None:
     from remote_env import make_pipes_env
 
     from dagster_slurm import SSHConnectionResource
-    from dagster_slurm.transport import get_transport
+    from dagster_slurm.agent import transport_for as get_transport
 
     ssh = SSHConnectionResource.from_env(known_hosts_file=os.environ["TESTCLUSTER_KNOWN_HOSTS"])
     admin = get_transport(ssh.settings())  # the parent's own connection: setup, queue checks, sacct

@@ -4,7 +4,10 @@
 # For integration tests of dagster-slurm on a Debian 12 machine where we are root and
 # PID 1 is not systemd (so every daemon is started by hand, in order):
 #
-#   munged -> mariadbd -> slurmdbd -> slurmctld -> slurmd -> sshd
+#   munged -> mariadbd -> slurmdbd -> slurmctld -> slurmd -> sshd -> sshd (OTP)
+#
+# The second sshd (port $TESTCLUSTER_OTP_PORT) behaves like many HPC login nodes: it demands
+# the key AND a one-time code (TOTP through PAM/pam_oath); see write_otp_files.
 #
 # Usage: scripts/testcluster.sh install|start|stop|status|env|restart
 #
@@ -18,6 +21,7 @@
 # Environment:
 #   TESTCLUSTER_DIR       private state dir (default /var/lib/dagster-slurm-testcluster)
 #   TESTCLUSTER_SSH_PORT  sshd port on 127.0.0.1 (default 2222)
+#   TESTCLUSTER_OTP_PORT  port of the key+one-time-code sshd on 127.0.0.1 (default 2223)
 #   TESTCLUSTER_CGROUP    auto|yes|no: use cgroup plugins (auto: try, fall back if slurmd refuses)
 #   TESTCLUSTER_TIMEOUT   seconds to wait for each daemon (default 60)
 #   SLURM_DEPLOYMENT_BASE_PATH  value printed by `env` (default /home/slurmuser/dagster-slurm)
@@ -30,6 +34,7 @@ set -euo pipefail
 # ----------------------------------------------------------------------------- settings
 TESTCLUSTER_DIR="${TESTCLUSTER_DIR:-/var/lib/dagster-slurm-testcluster}"
 SSH_PORT="${TESTCLUSTER_SSH_PORT:-2222}"
+OTP_PORT="${TESTCLUSTER_OTP_PORT:-2223}"
 CGROUP_WANTED="${TESTCLUSTER_CGROUP:-auto}"
 WAIT_TIMEOUT="${TESTCLUSTER_TIMEOUT:-60}"
 DEPLOYMENT_BASE_PATH="${SLURM_DEPLOYMENT_BASE_PATH:-/home/slurmuser/dagster-slurm}"
@@ -41,7 +46,8 @@ SLURM_ACCOUNT=dagster
 CLUSTER_NAME=testcluster
 NODE_NAME="$(hostname -s)"
 
-PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server)
+PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server
+    libpam-oath oathtool)
 
 SLURM_ETC=/etc/slurm
 SLURM_LOG_DIR=/var/log/slurm
@@ -67,11 +73,25 @@ KNOWN_HOSTS=$TESTCLUSTER_DIR/known_hosts
 ENV_FILE=$TESTCLUSTER_DIR/env.sh
 CGROUP_MODE_FILE=$TESTCLUSTER_DIR/cgroup_mode
 LOCK_FILE=$TESTCLUSTER_DIR/lock
+# The key+OTP sshd: same host key, user and known_hosts file as the first one.
+OTP_SSHD_CONFIG=$TESTCLUSTER_DIR/sshd_otp_config
+OTP_SSHD_PID=$TESTCLUSTER_DIR/sshd_otp.pid
+OTP_SSHD_LOG=$TESTCLUSTER_DIR/sshd_otp.log
+OTP_SECRET_FILE=$TESTCLUSTER_DIR/otp_secret        # hex TOTP secret, made once
+OTP_CODE_CMD=$TESTCLUSTER_DIR/otp_code             # prints a code pam_oath accepts now
+OTP_ASKPASS=$TESTCLUSTER_DIR/otp_askpass           # SSH_ASKPASS wrapper around otp_code
+# OpenSSH 9.2 has no PAMServiceName: with UsePAM yes sshd always uses the service "sshd".
+# Only the OTP sshd has UsePAM yes, so this file affects nothing else we run.
+PAM_SSHD=/etc/pam.d/sshd
+PAM_SSHD_BACKUP=/etc/pam.d/sshd.orig-testcluster
+OATH_USERS=/etc/users.oath                         # pam_oath rewrites it on every login
+OATH_WINDOW=20
 
 # Set by write_configs when a config file's content changed (daemon must be restarted).
 SLURM_CONF_CHANGED=0
 SLURMDBD_CONF_CHANGED=0
 SSHD_CONF_CHANGED=0
+OTP_SSHD_CONF_CHANGED=0   # also set when the PAM file or the oath users file changed
 
 # ----------------------------------------------------------------------------- helpers
 log() { printf 'testcluster: %s\n' "$*" >&2; }
@@ -167,6 +187,12 @@ write_if_changed() {
 }
 
 random_secret() { head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24; }
+
+# known_hosts patterns for a port on $SSH_HOST (bare host names for port 22).
+host_patterns() {
+    if [[ $1 == 22 ]]; then printf '%s\n' "$SSH_HOST" localhost
+    else printf '%s\n' "[$SSH_HOST]:$1" "[localhost]:$1"; fi
+}
 
 # ----------------------------------------------------------------------------- install
 packages_missing() {
@@ -380,12 +406,114 @@ AcceptEnv LANG LC_*
 Subsystem sftp /usr/lib/openssh/sftp-server
 EOF
 
-    local hostkey hostpat
+    # One known_hosts file for both sshds (same host key).
+    local hostkey pat
     hostkey=$(awk '{print $1" "$2}' "$SSHD_HOSTKEY.pub")
-    if [[ $SSH_PORT == 22 ]]; then hostpat=("$SSH_HOST" localhost)
-    else hostpat=("[$SSH_HOST]:$SSH_PORT" "[localhost]:$SSH_PORT"); fi
-    printf '%s %s\n' "${hostpat[0]}" "$hostkey" "${hostpat[1]}" "$hostkey" |
-        write_if_changed "$KNOWN_HOSTS" 0644 root:root || true
+    for pat in $(host_patterns "$SSH_PORT") $(host_patterns "$OTP_PORT"); do
+        printf '%s %s\n' "$pat" "$hostkey"
+    done | write_if_changed "$KNOWN_HOSTS" 0644 root:root || true
+}
+
+# The key+OTP sshd: sshd config, PAM stack, pam_oath users file, TOTP secret, code helpers.
+#
+# Getting a code (secret: TESTCLUSTER_OTP_SECRET, 40 hex digits, TOTP, 30 s, 6 digits):
+#   oathtool --totp "$TESTCLUSTER_OTP_SECRET"                      code of the current window
+#   oathtool --totp -N "now + 30 seconds" "$TESTCLUSTER_OTP_SECRET"   code of the next window
+#   $TESTCLUSTER_DIR/otp_code (root)            a code no login has used yet (see below)
+# pam_oath (window=20) accepts the codes of the 20 windows before and after the current one,
+# but only codes of a LATER window than the last accepted code: a code is good for one login,
+# and after a login with window W's code every code of W or earlier is refused (until it
+# falls out of the window). So a test that logs in more than once per 30 s, or right after
+# `start` (whose probe logs in), must use codes of ever later windows, e.g. the next window
+# after the last used one (otp_code does that by reading the last code from $OATH_USERS).
+# Logins cannot run more than 20 windows (10 min) ahead of the clock.
+write_otp_files() {
+    if [[ ! -s $OTP_SECRET_FILE ]]; then
+        (umask 077; head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$OTP_SECRET_FILE")
+    fi
+    chmod 0600 "$OTP_SECRET_FILE"
+    local secret; secret=$(cat "$OTP_SECRET_FILE")
+
+    write_if_changed "$OTP_SSHD_CONFIG" 0644 root:root <<EOF && OTP_SSHD_CONF_CHANGED=1 || true
+# Written by scripts/testcluster.sh: key AND one-time code (PAM service "sshd" = $PAM_SSHD)
+ListenAddress $SSH_HOST
+Port $OTP_PORT
+HostKey $SSHD_HOSTKEY
+PidFile $OTP_SSHD_PID
+UsePAM yes
+PermitRootLogin no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication yes
+AuthenticationMethods publickey,keyboard-interactive
+AuthorizedKeysFile .ssh/authorized_keys
+AllowUsers $TEST_USER
+MaxSessions 64
+MaxStartups 100:30:200
+MaxAuthTries 10
+LoginGraceTime 30
+ClientAliveInterval 30
+X11Forwarding no
+PrintMotd no
+AcceptEnv LANG LC_*
+LogLevel VERBOSE
+Subsystem sftp /usr/lib/openssh/sftp-server
+EOF
+
+    # Minimal PAM stack (no pam_loginuid/systemd modules: no systemd, maybe no audit here).
+    local pam
+    pam=$(cat <<EOF
+# Written by scripts/testcluster.sh (dagster-slurm test cluster); original: $PAM_SSHD_BACKUP
+auth     required pam_oath.so usersfile=$OATH_USERS window=$OATH_WINDOW digits=6
+account  required pam_permit.so
+session  required pam_permit.so
+password required pam_deny.so
+EOF
+)
+    if [[ -f $PAM_SSHD && ! -e $PAM_SSHD_BACKUP ]] && [[ $(cat "$PAM_SSHD") != "$pam" ]]; then
+        log "saving $PAM_SSHD as $PAM_SSHD_BACKUP"
+        cp -p "$PAM_SSHD" "$PAM_SSHD_BACKUP"
+    fi
+    printf '%s\n' "$pam" | write_if_changed "$PAM_SSHD" 0644 root:root && OTP_SSHD_CONF_CHANGED=1 || true
+
+    # pam_oath rewrites this file on each login (tab-separated; fields 5-7 become counter,
+    # last accepted code, time), so write it only when our user's line is missing or has
+    # another secret; keep other users' lines.
+    if ! awk -v u="$TEST_USER" -v s="$secret" '$2 == u && tolower($4) == tolower(s) {f = 1}
+            END {exit !f}' "$OATH_USERS" 2>/dev/null; then
+        log "writing $OATH_USERS"
+        { awk -v u="$TEST_USER" '$2 != u' "$OATH_USERS" 2>/dev/null || true
+          printf 'HOTP/T30/6 %s - %s\n' "$TEST_USER" "$secret"
+        } | write_if_changed "$OATH_USERS" 0600 root:root || true
+        OTP_SSHD_CONF_CHANGED=1
+    fi
+    chown root:root "$OATH_USERS"; chmod 0600 "$OATH_USERS"
+
+    # otp_code: the current window's code, or, if that window (or a later one) was used
+    # already, the code of the window after the last used one. Needs root (reads $OATH_USERS).
+    # Not atomic: two logins started at once get the same code and one of them is refused.
+    write_if_changed "$OTP_CODE_CMD" 0700 root:root <<EOF || true
+#!/bin/bash
+# Written by scripts/testcluster.sh: print a TOTP code for $TEST_USER that pam_oath accepts now.
+set -euo pipefail
+secret=\$(cat $OTP_SECRET_FILE)
+now=\$(date +%s)
+t=\$now
+last=\$(awk '\$2 == "$TEST_USER" {print \$6}' $OATH_USERS 2>/dev/null || true)
+if [[ -n \$last ]]; then
+    # Codes of the windows now-$OATH_WINDOW .. now+$OATH_WINDOW; k: index of the last used one.
+    k=\$(oathtool --totp -w $((2 * OATH_WINDOW)) -N "@\$((now - 30 * $OATH_WINDOW))" "\$secret" |
+        awk -v c="\$last" '\$1 == c {k = NR - 1} END {print (k == "" ? -1 : k)}')
+    if ((k >= $OATH_WINDOW)); then t=\$((now + 30 * (k - $OATH_WINDOW + 1))); fi
+fi
+oathtool --totp -N "@\$t" "\$secret"
+EOF
+    # ssh calls SSH_ASKPASS with the prompt as argument; print a code for each prompt.
+    write_if_changed "$OTP_ASKPASS" 0700 root:root <<EOF || true
+#!/bin/sh
+# Written by scripts/testcluster.sh: SSH_ASKPASS for the key+OTP sshd (prompt in \$1).
+exec $OTP_CODE_CMD
+EOF
 }
 
 # The `env` output; also written to $ENV_FILE (0600, it holds the password).
@@ -399,6 +527,9 @@ env_lines() {
     printf 'export TESTCLUSTER_KNOWN_HOSTS=%q\n' "$KNOWN_HOSTS"
     printf 'export SLURM_EDGE_NODE_KNOWN_HOSTS=%q\n' "$KNOWN_HOSTS"
     printf 'export SLURM_DEPLOYMENT_BASE_PATH=%q\n' "$DEPLOYMENT_BASE_PATH"
+    printf 'export TESTCLUSTER_OTP_PORT=%q\n' "$OTP_PORT"
+    [[ -s $OTP_SECRET_FILE ]] && printf 'export TESTCLUSTER_OTP_SECRET=%q\n' "$(cat "$OTP_SECRET_FILE")"
+    printf 'export TESTCLUSTER_OTP_SSHD_LOG=%q\n' "$OTP_SSHD_LOG"
 }
 
 write_env_file() {
@@ -411,6 +542,7 @@ configure() {
     write_slurm_conf "$(cgroup_mode)"
     write_slurmdbd_conf
     write_ssh_files
+    write_otp_files
     write_env_file
 }
 
@@ -430,6 +562,26 @@ probe_slurmd() {
 probe_sshd() { timeout 10 ssh -i "$USER_KEY" -p "$SSH_PORT" -o BatchMode=yes -o ConnectTimeout=5 \
         -o UserKnownHostsFile="$KNOWN_HOSTS" -o StrictHostKeyChecking=yes -o LogLevel=ERROR \
         "$TEST_USER@$SSH_HOST" true </dev/null >/dev/null 2>&1; }
+# OTP sshd, full login (key + code through SSH_ASKPASS). Uses up a TOTP window (see
+# write_otp_files), so it runs only when that sshd was (re)started or its auth files changed.
+probe_otp_login() {
+    SSH_ASKPASS=$OTP_ASKPASS SSH_ASKPASS_REQUIRE=force DISPLAY=:0 timeout 15 setsid \
+        ssh -i "$USER_KEY" -p "$OTP_PORT" -o ConnectTimeout=5 -o NumberOfPasswordPrompts=1 \
+        -o PreferredAuthentications=publickey,keyboard-interactive -o IdentitiesOnly=yes \
+        -o UserKnownHostsFile="$KNOWN_HOSTS" -o StrictHostKeyChecking=yes -o LogLevel=ERROR \
+        "$TEST_USER@$SSH_HOST" true </dev/null >/dev/null 2>&1
+}
+# OTP sshd, cheap check that burns no code: the key is accepted ("partial success") and
+# keyboard-interactive is what the server still wants.
+probe_otp_sshd() {
+    local out
+    out=$(timeout 10 ssh -v -i "$USER_KEY" -p "$OTP_PORT" -o BatchMode=yes -o ConnectTimeout=5 \
+        -o PreferredAuthentications=publickey -o IdentitiesOnly=yes \
+        -o UserKnownHostsFile="$KNOWN_HOSTS" -o StrictHostKeyChecking=yes \
+        "$TEST_USER@$SSH_HOST" true </dev/null 2>&1) && return 1   # a login without code?!
+    grep -q 'with partial success' <<<"$out" &&
+        grep -q 'Authentications that can continue: keyboard-interactive' <<<"$out"
+}
 
 # ----------------------------------------------------------------------------- start
 start_munged() {
@@ -566,6 +718,20 @@ start_sshd() {
     wait_for sshd "$SSHD_LOG" "$SSHD_PID" sshd probe_sshd
 }
 
+start_otp_sshd() {
+    ((OTP_SSHD_CONF_CHANGED)) && stop_pidfile "sshd (OTP)" "$OTP_SSHD_PID" sshd
+    if ! pid_alive "$OTP_SSHD_PID" sshd; then
+        log "starting sshd (key + one-time code) on $SSH_HOST:$OTP_PORT"
+        rm -f "$OTP_SSHD_PID"
+        /usr/sbin/sshd -t -f "$OTP_SSHD_CONFIG" 2>>"$OTP_SSHD_LOG" || { tail -n 5 "$OTP_SSHD_LOG" >&2; die "OTP sshd config test failed"; }
+        launch "sshd (OTP)" "$OTP_SSHD_LOG.out" /usr/sbin/sshd -f "$OTP_SSHD_CONFIG" -E "$OTP_SSHD_LOG"
+        wait_for "sshd (OTP)" "$OTP_SSHD_LOG" "$OTP_SSHD_PID" sshd probe_otp_sshd
+        # Once per (re)start: prove a full key + code login works.
+        probe_otp_login || { tail -n 15 "$OTP_SSHD_LOG" >&2; die "login with key + one-time code through $SSH_HOST:$OTP_PORT failed"; }
+    fi
+    wait_for "sshd (OTP)" "$OTP_SSHD_LOG" "$OTP_SSHD_PID" sshd probe_otp_sshd
+}
+
 print_summary() {
     log "cluster '$CLUSTER_NAME' is up (node $NODE_NAME, partitions debug* and batch, $(cgroup_mode) mode)"
     cat >&2 <<EOF
@@ -575,7 +741,8 @@ print_summary() {
   password:     stored in $PASSWORD_FILE (also TESTCLUSTER_PASSWORD in the env file)
   known_hosts:  $KNOWN_HOSTS
   env file:     $ENV_FILE   (or: eval "\$($0 env)")
-  logs:         $SLURM_LOG_DIR/, $MUNGE_LOG, $MYSQL_LOG, $SSHD_LOG
+  OTP sshd:     $SSH_HOST:$OTP_PORT (key + TOTP code; code: $OTP_CODE_CMD or oathtool --totp \$(cat $OTP_SECRET_FILE))
+  logs:         $SLURM_LOG_DIR/, $MUNGE_LOG, $MYSQL_LOG, $SSHD_LOG, $OTP_SSHD_LOG
 EOF
 }
 
@@ -585,7 +752,7 @@ cmd_install() {
     install_packages
     configure
     log "installed and configured (state in $TESTCLUSTER_DIR)"
-    if ((SLURM_CONF_CHANGED + SLURMDBD_CONF_CHANGED + SSHD_CONF_CHANGED)) && pid_alive "$SLURMCTLD_PID" slurmctld; then
+    if ((SLURM_CONF_CHANGED + SLURMDBD_CONF_CHANGED + SSHD_CONF_CHANGED + OTP_SSHD_CONF_CHANGED)) && pid_alive "$SLURMCTLD_PID" slurmctld; then
         log "configuration changed while the cluster runs: run '$0 restart'"
     fi
 }
@@ -596,7 +763,7 @@ cmd_start() {
     # Fast path: everything already answers and no config changed.
     if ! packages_missing; then
         configure
-        if ((SLURM_CONF_CHANGED + SLURMDBD_CONF_CHANGED + SSHD_CONF_CHANGED == 0)) && all_answer; then
+        if ((SLURM_CONF_CHANGED + SLURMDBD_CONF_CHANGED + SSHD_CONF_CHANGED + OTP_SSHD_CONF_CHANGED == 0)) && all_answer; then
             log "already running"
             print_summary
             return 0
@@ -611,6 +778,7 @@ cmd_start() {
     register_accounting
     start_slurm_daemons
     start_sshd
+    start_otp_sshd
     write_env_file
     log "started in $((SECONDS - t0))s"
     print_summary
@@ -630,6 +798,7 @@ cmd_stop() {
             done
         fi
     fi
+    stop_pidfile "sshd (OTP)" "$OTP_SSHD_PID" sshd
     stop_pidfile sshd "$SSHD_PID" sshd
     stop_pidfile slurmd "$SLURMD_PID" slurmd
     stop_pidfile slurmctld "$SLURMCTLD_PID" slurmctld
@@ -642,7 +811,7 @@ cmd_stop() {
 # all_answer [-v]: probe every daemon; with -v report each result on stderr.
 all_answer() {
     local verbose=${1:-} ok=0 name
-    for name in munge slurmdbd slurmctld slurmd sshd; do
+    for name in munge slurmdbd slurmctld slurmd sshd otp_sshd; do
         if "probe_$name"; then
             [[ -n $verbose ]] && log "$name: ok"
         else

@@ -17,6 +17,20 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 CLUSTER_SCRIPT = ROOT / "scripts" / "testcluster.sh"
 
+# The suite's own connection agents: a private folder for this session (inherited by every process the
+# tests start), and every agent in it stopped at the end, so no agent of the suite outlives it.
+import tempfile  # noqa: E402
+
+os.environ["DAGSTER_SLURM_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dsa-suite-", dir="/tmp")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    subprocess.run([sys.executable, "-m", "dagster_slurm.cli.main", "agent", "stop"], capture_output=True,
+                   timeout=60)
+    import shutil
+
+    shutil.rmtree(os.environ["DAGSTER_SLURM_RUNTIME_DIR"], ignore_errors=True)
+
 
 def _parse_exports(text: str) -> dict[str, str]:
     import shlex
@@ -60,7 +74,7 @@ def ssh(cluster_env):
 
 @pytest.fixture(scope="session")
 def transport(ssh):
-    from dagster_slurm.transport import get_transport
+    from dagster_slurm.agent import transport_for as get_transport
 
     return get_transport(ssh.settings())
 

@@ -19,3 +19,6 @@ class RecordedTransport:
         if isinstance(answer, str):
             return CommandResult(command, 0, answer, "")
         return CommandResult(command, answer["exit_status"], answer["stdout"], answer["stderr"])
+
+    def probe(self, command: str, *, check: bool = True) -> str:
+        return self.run(command, check=check).stdout

@@ -4,11 +4,11 @@ import sys
 from pathlib import Path
 
 from dagster_slurm import SSHConnectionResource
+from dagster_slurm.agent import transport_for as get_transport
 from dagster_slurm.packaging.cache import ensure_environment
 from dagster_slurm.packaging.cache_key import compute_cache_key
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.packaging.uv_packer import UvPacker
-from dagster_slurm.transport import get_transport
 
 if __name__ == "__main__":
     base, lock = sys.argv[1], Path(sys.argv[2])

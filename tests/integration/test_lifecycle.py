@@ -203,21 +203,32 @@ def test_crash_during_an_sbatch_that_never_submitted_submits_once(orchestrator, 
     assert [state for _, state in o.jobs(transport)] == ["COMPLETED"]
 
 
-def test_dropped_ssh_connection_is_reopened_and_the_run_finishes(slurm, pipes_env, payloads):
-    """Kill the sshd processes serving the test user mid-run: the run reconnects and succeeds."""
+@pytest.mark.parametrize("share", ["direct", "auto"])
+def test_dropped_ssh_connection_is_reopened_and_the_run_finishes(slurm, pipes_env, payloads, share):
+    """Kill the sshd processes serving the test user mid-run: the run (or the agent) reconnects and succeeds."""
     import threading
 
-    from dagster_slurm import ComputeResource
-    from dagster_slurm.transport import get_transport
+    from dagster_slurm import ComputeResource, SlurmResource
+    from dagster_slurm.agent import transport_for
+    from dagster_slurm.agent.spawn import paths
+    from dagster_slurm.cli.agent import _call
 
-    transport = get_transport(slurm.ssh.settings())  # the one the run below uses
+    slurm = SlurmResource(ssh=type(slurm.ssh)(**{**slurm.ssh.model_dump(), "share_connection": share}),
+                          remote_base=slurm.remote_base, queue=slurm.queue)
+    transport = transport_for(slurm.ssh.settings())  # the one the run below uses
+
+    def logins() -> int:
+        if share == "direct":
+            return transport.stats.connections
+        return _call(paths(slurm.ssh.settings())[0], "status")["ssh_logins"]
 
     @dg.asset
     def sleeper(context: dg.AssetExecutionContext, compute: ComputeResource):
         return compute.run(context=context, payload_path=str(payloads / "sleeps.py"),
                            extras={"seconds": 4}).get_results()
 
-    connections_before = transport.stats.connections
+    transport.run("true")
+    connections_before = logins()
 
     def drop_connection():
         time.sleep(2.0)  # the job is running by now
@@ -230,4 +241,4 @@ def test_dropped_ssh_connection_is_reopened_and_the_run_finishes(slurm, pipes_en
     killer.join()
     assert result.success, [e.step_failure_data.error.message for e in result.get_step_failure_events()]
     assert result.asset_materializations_for_node("sleeper")[0].metadata["slept"].value == 4
-    assert transport.stats.connections > connections_before  # it did reconnect
+    assert logins() > connections_before  # it did reconnect

@@ -203,13 +203,21 @@ def test_environment_that_cannot_be_activated_records_exit_97(slurm, payloads, t
     assert "status 97" in text and "activation exploded" in text and "could not be set up" in text
 
 
-def test_resource_teardown_closes_the_connection(slurm, pipes_env, payloads):
-    from dagster_slurm.transport import get_transport
+@pytest.mark.parametrize("share", ["direct", "auto"])
+def test_resource_teardown_closes_the_connection(slurm, pipes_env, payloads, share):
+    from dagster_slurm import SlurmResource
+    from dagster_slurm.agent import transport_for
 
-    transport = get_transport(slurm.ssh.settings())  # the one the runs below use
+    slurm = SlurmResource(ssh=type(slurm.ssh)(**{**slurm.ssh.model_dump(), "share_connection": share}),
+                          remote_base=slurm.remote_base, queue=slurm.queue)
+    transport = transport_for(slurm.ssh.settings())  # the one the runs below use
     compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
     before = transport.stats.connections
     assert _materialize(_asset(payloads / "trivial.py"), compute).success
-    assert transport._conn is None  # closed when Dagster tore the resource down, not left to process exit
+    if share == "direct":
+        assert transport._conn is None  # closed when Dagster tore the resource down, not left to process exit
+    else:
+        assert transport._idle == []  # this process's sockets to the agent; the agent stays for others
     assert _materialize(_asset(payloads / "trivial.py"), compute).success  # the next run reconnects
-    assert transport.stats.connections >= before + 1
+    if share == "direct":
+        assert transport.stats.connections >= before + 1

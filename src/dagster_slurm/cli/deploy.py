@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from dagster_slurm.agent import transport_for
 from dagster_slurm.compute.environment import PackSettings, make_packer
 from dagster_slurm.config.slurm import BASE_PATH_ENV
 from dagster_slurm.config.ssh import ENV_PREFIX, SSHConnectionResource
@@ -18,7 +19,6 @@ from dagster_slurm.packaging.cache import ensure_environment
 from dagster_slurm.packaging.cache_key import compute_cache_key
 from dagster_slurm.packaging.lockfile import find_lockfile
 from dagster_slurm.packaging.packer import RemoteLayout
-from dagster_slurm.transport import get_transport
 
 
 def validate_deploy_env(env: dict[str, str] | os._Environ = os.environ) -> None:
@@ -53,7 +53,7 @@ def run_deploy(args) -> dict:
     if not version:
         raise ConfigurationError("deploy: the project is not a git checkout (or git is not installed); "
                                  "pass --version.")
-    transport = get_transport(SSHConnectionResource.from_env().settings())
+    transport = transport_for(SSHConnectionResource.from_env().settings())
     base = transport.absolute(os.environ[BASE_PATH_ENV])
     layout = RemoteLayout(base)
     target = f"{base}/deployments/{version}"

@@ -6,16 +6,17 @@ import os
 import shlex
 import time
 
+from dagster_slurm.agent import transport_for
 from dagster_slurm.config.slurm import BASE_PATH_ENV, DEFAULT_REMOTE_BASE
 from dagster_slurm.config.ssh import SSHConnectionResource
 from dagster_slurm.errors import DagsterSlurmError
 from dagster_slurm.packaging.inventory import Inventory, plan_gc, scan_script
 from dagster_slurm.packaging.packer import RemoteLayout
-from dagster_slurm.transport import SSHTransport, get_transport
+from dagster_slurm.transport.base import Transport
 
 
-def _inventory() -> tuple[SSHTransport, RemoteLayout, Inventory]:
-    transport = get_transport(SSHConnectionResource.from_env().settings())
+def _inventory() -> tuple[Transport, RemoteLayout, Inventory]:
+    transport = transport_for(SSHConnectionResource.from_env().settings())
     layout = RemoteLayout(transport.absolute(os.environ.get(BASE_PATH_ENV) or DEFAULT_REMOTE_BASE))
     out = transport.run(scan_script(layout), retry=True).stdout
     return transport, layout, Inventory.parse(out)

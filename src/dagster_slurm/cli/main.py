@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from dagster_slurm.agent.protocol import AgentUnavailable
 from dagster_slurm.errors import DagsterSlurmError
 
 
@@ -62,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     runs_gc.add_argument("--older-than", type=_duration, default="7d",
                          help="Only delete run folders untouched for this long (e.g. 12h, 7d).")
     runs_gc.add_argument("--dry-run", action="store_true", help="Say what would be deleted, delete nothing.")
+
+    login = sub.add_parser("login", help="Log in once through the connection agent, answering the server's "
+                                         "prompts (one-time code, password, key passphrase) here; later runs "
+                                         "on this machine reuse that login.")
+    login.add_argument("--idle-timeout", type=_duration, default=None,
+                       help="How long the agent stays without requests (e.g. 8h). Default: "
+                            "SLURM_EDGE_NODE_AGENT_IDLE_TIMEOUT or 10 minutes.")
+    login.add_argument("--force", action="store_true", help="Log in again even if an agent holds a login.")
+
+    agent = sub.add_parser("agent", help="The connection agents of this user on this machine.")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True)
+    agent_sub.add_parser("status", help="Which agents run, since when, their clients, jobs and logins.")
+    agent_sub.add_parser("stop", help="Stop every agent of this user (running jobs are not affected).")
     return parser
 
 
@@ -72,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             from dagster_slurm.cli.deploy import run_deploy
 
             run_deploy(args)
+        elif args.command in ("login", "agent"):
+            from dagster_slurm.cli.agent import run_agent, run_login
+
+            run_login(args) if args.command == "login" else run_agent(args)
         elif args.command == "runs":
             from dagster_slurm.cli.runs import run_runs_gc
 
@@ -80,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             from dagster_slurm.cli.envs import run_gc, run_list
 
             run_list(args) if args.env_command == "list" else run_gc(args)
+    except AgentUnavailable as exc:
+        print(f"dagster-slurm: error: the connection agent: {exc}", file=sys.stderr)
+        return 2
     except DagsterSlurmError as exc:
         print(f"dagster-slurm: error: {exc}", file=sys.stderr)
         return 2

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import time
 
+from dagster_slurm.agent import transport_for
 from dagster_slurm.config.slurm import BASE_PATH_ENV, DEFAULT_REMOTE_BASE
 from dagster_slurm.config.ssh import SSHConnectionResource
 from dagster_slurm.errors import DagsterSlurmError
 from dagster_slurm.slurm.run_folders import RunFolders, delete_command, plan_runs_gc, scan_runs_script
-from dagster_slurm.transport import get_transport
 
 
 def run_runs_gc(args) -> None:
-    transport = get_transport(SSHConnectionResource.from_env().settings())
+    transport = transport_for(SSHConnectionResource.from_env().settings())
     runs = transport.absolute(os.environ.get(BASE_PATH_ENV) or DEFAULT_REMOTE_BASE) + "/runs"
     found = RunFolders.parse(transport.run(scan_runs_script(runs), retry=True, timeout=600).stdout)
     if found.squeue_error is not None:

@@ -11,6 +11,7 @@ import dagster as dg
 from dagster import PipesClientCompletedInvocation
 from pydantic import Field
 
+from dagster_slurm.agent import hold_transport, release_transport, watcher_for
 from dagster_slurm.compute.context import asset_metadata
 from dagster_slurm.compute.environment import PackSettings, resolve_environment
 from dagster_slurm.compute.identity import fingerprint, step_call
@@ -25,8 +26,6 @@ from dagster_slurm.errors import ConfigurationError, RemoteFileError
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
 from dagster_slurm.slurm.script import job_name, queue_directives
-from dagster_slurm.slurm.watcher import watcher_for
-from dagster_slurm.transport import hold_transport, release_transport
 from dagster_slurm.transport.probes import probe
 
 RESOURCES_METADATA_KEY = "slurm_resources"

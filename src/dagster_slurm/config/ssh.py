@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from dagster_slurm.errors import ConfigurationError
 
 HostKeyChecking = Literal["strict", "accept-new", "off"]
+ShareConnection = Literal["auto", "agent", "direct"]
 
 ENV_PREFIX = "SLURM_EDGE_NODE_"
 
@@ -35,6 +36,9 @@ class SSHSettings:
     connect_timeout: float = 15.0
     command_timeout: float = 120.0
     keepalive_interval: float = 30.0
+    share_connection: ShareConnection = "auto"
+    agent_idle_timeout: float = 600.0
+    otp_command: str | None = None  # may hold a secret: never printed, never part of the agent's name
 
     def __repr__(self) -> str:
         auth = "password" if self.password else ("key " + self.key_path if self.key_path else "agent/default keys")
@@ -47,8 +51,11 @@ class SSHSettings:
 class SSHConnectionResource(dg.ConfigurableResource):
     """How to reach the cluster's edge (login) node over SSH.
 
-    One connection is opened per process and shared by every run in it; commands, uploads and
-    reads travel as channels over it. Host keys are checked against ``known_hosts_file`` by default.
+    By default (``share_connection="auto"``) every process of this machine and user with the same
+    settings shares one SSH login, held by a small background agent (see ``dagster-slurm agent
+    status``); commands, uploads and reads travel as channels over it. Host keys are checked against
+    ``known_hosts_file`` by default. A login node that asks for a one-time code: run
+    ``dagster-slurm login`` once in a terminal, or set ``otp_command``.
 
     Example::
 
@@ -97,6 +104,22 @@ class SSHConnectionResource(dg.ConfigurableResource):
         default=120.0, description="Default bound, in seconds, for any single remote command."
     )
 
+    share_connection: ShareConnection = Field(
+        default="auto",
+        description="'auto': share one login per machine through the connection agent (started on first "
+        "use; falls back to a direct connection with a warning if it cannot start). 'agent': require the "
+        "agent. 'direct': one connection per process, no agent.",
+    )
+    agent_idle_timeout: float = Field(
+        default=600.0, description="Seconds the connection agent stays after its last request (like ControlPersist)."
+    )
+    otp_command: str | None = Field(
+        default=None,
+        repr=False,
+        description="Command printing a one-time code for keyboard-interactive logins (e.g. `oathtool --totp -b "
+        "...`). Whoever can read it can log in as you with your key: prefer `dagster-slurm login`.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _warn_about_literal_secrets(cls, data: Any) -> Any:
@@ -116,8 +139,8 @@ class SSHConnectionResource(dg.ConfigurableResource):
     @classmethod
     def from_env(cls, prefix: str = ENV_PREFIX, **overrides) -> SSHConnectionResource:
         """Build the resource from ``SLURM_EDGE_NODE_{HOST,PORT,USER,KEY_PATH,KEY_PASSPHRASE,PASSWORD}``,
-        ``SLURM_EDGE_NODE_{JUMP_HOST,JUMP_USER,JUMP_PORT}`` and ``SLURM_EDGE_NODE_{KNOWN_HOSTS,
-        HOST_KEY_CHECKING}``. Keyword arguments override them."""
+        ``SLURM_EDGE_NODE_{JUMP_HOST,JUMP_USER,JUMP_PORT}``, ``SLURM_EDGE_NODE_{KNOWN_HOSTS,
+        HOST_KEY_CHECKING}`` and ``SLURM_EDGE_NODE_{SHARE_CONNECTION,AGENT_IDLE_TIMEOUT,OTP_COMMAND}``. Keyword arguments override them."""
         env = os.environ
         host = env.get(prefix + "HOST")
         if not host and "host" not in overrides:
@@ -140,6 +163,8 @@ class SSHConnectionResource(dg.ConfigurableResource):
             ("jump_port", "JUMP_PORT", int),
             ("known_hosts_file", "KNOWN_HOSTS", str),
             ("host_key_checking", "HOST_KEY_CHECKING", str),
+            ("share_connection", "SHARE_CONNECTION", str),
+            ("agent_idle_timeout", "AGENT_IDLE_TIMEOUT", float),
         ):
             raw = env.get(prefix + var)
             if raw:
@@ -151,6 +176,8 @@ class SSHConnectionResource(dg.ConfigurableResource):
             kwargs["password"] = dg.EnvVar(prefix + "PASSWORD")
         if env.get(prefix + "KEY_PASSPHRASE"):
             kwargs["key_passphrase"] = dg.EnvVar(prefix + "KEY_PASSPHRASE")
+        if env.get(prefix + "OTP_COMMAND"):
+            kwargs["otp_command"] = dg.EnvVar(prefix + "OTP_COMMAND")
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -188,4 +215,7 @@ class SSHConnectionResource(dg.ConfigurableResource):
             known_hosts_file=known_hosts,
             connect_timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
+            share_connection=self.share_connection,
+            agent_idle_timeout=self.agent_idle_timeout,
+            otp_command=self.otp_command,
         )

@@ -1,4 +1,5 @@
-"""One watcher per transport (so per process and cluster) polls all its jobs in one squeue call per tick.
+"""One watcher per transport polls all its jobs in one squeue call per tick. With the connection agent
+that is one watcher per machine and cluster (the agent's); with a direct connection one per process.
 
 Polling backs off from ``min_interval`` to ``max_interval`` while nothing changes and snaps back on
 any change or ``poke()`` (e.g. the payload's exit file appeared). Jobs that leave the queue or reach
@@ -56,6 +57,7 @@ class JobWatcher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.ticks = 0
+        self.listeners: list = []  # called (from the watcher's thread) after any change
 
     def watch(self, job_id: str) -> JobHandle:
         with self._lock:
@@ -103,6 +105,10 @@ class JobWatcher:
                     for h in active:
                         h.error = exc
                         h.done.set()
+                    changed = True
+            if changed:
+                for listener in list(self.listeners):
+                    listener()
             interval = self.min_interval if changed else min(interval * 1.5, self.max_interval)
             if self._wake.wait(interval):
                 self._wake.clear()

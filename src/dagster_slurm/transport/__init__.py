@@ -5,8 +5,6 @@ from dagster_slurm.transport.ssh import (
     SSHTransport,
     close_all_transports,
     get_transport,
-    hold_transport,
-    release_transport,
 )
 
 __all__ = [
@@ -15,7 +13,5 @@ __all__ = [
     "Transport",
     "TransportStats",
     "close_all_transports",
-    "hold_transport",
-    "release_transport",
     "get_transport",
 ]

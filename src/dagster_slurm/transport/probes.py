@@ -1,22 +1,10 @@
-"""Facts about the cluster asked once per transport (so per process and cluster) and kept here:
-the one place probe results live (``uname -m``, the remote Python's version, ``sbatch --help``, ...)."""
+"""Facts about the cluster asked once and kept by the transport (``uname -m``, the remote Python's
+version, ``sbatch --help``, ...): per connection agent, so once per machine and cluster, or per
+process with a direct connection."""
 
 from __future__ import annotations
 
-import threading
-import weakref
-
-_facts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
-
 
 def probe(transport, command: str, check: bool = True) -> str:
-    """stdout of a read-only fact-finding command, run once per transport and command."""
-    with _lock:
-        facts = _facts.setdefault(transport, {})
-        if command in facts:
-            return facts[command]
-    out = transport.run(command, retry=True, check=check).stdout
-    with _lock:
-        facts[command] = out
-    return out
+    """stdout of a read-only fact-finding command, run once per transport (or agent) and command."""
+    return transport.probe(command, check=check)

@@ -27,6 +27,7 @@ from dagster_slurm.errors import (
     RemoteFileError,
     SSHConnectionError,
 )
+from dagster_slurm.transport.auth import Ask, LoginAnswers
 from dagster_slurm.transport.base import CommandResult, ProgressCallback, TransportStats
 from dagster_slurm.transport.loop import run_sync
 from dagster_slurm.transport.shell import RemoteShell, ShellBroken
@@ -47,12 +48,21 @@ def _known_hosts(settings: SSHSettings):
     return asyncssh.import_known_hosts("")
 
 
-def _client_factory(settings: SSHSettings, known, on_lost: Callable[[object], None]):
+def _client_factory(settings: SSHSettings, known, on_lost: Callable[[object], None], answers: LoginAnswers):
     class _Client(asyncssh.SSHClient):
         _conn: object = None
 
         def connection_made(self, conn) -> None:
             self._conn = conn
+
+        def kbdint_auth_requested(self) -> str:
+            return ""  # let the server pick (PAM: a password, a one-time code, ...)
+
+        async def kbdint_challenge_received(self, name, instructions, lang, prompts):
+            return await answers.challenge(name, instructions, list(prompts))
+
+        async def password_auth_requested(self):
+            return await answers.password()
 
         def validate_host_public_key(self, host, addr, port, key) -> bool:
             # Only reached for keys known_hosts does not trust. accept-new trusts an unknown host once
@@ -88,6 +98,8 @@ class SSHTransport:
         self._connect_lock: asyncio.Lock | None = None
         self._home: str | None = None
         self._stats_lock = threading.Lock()
+        self._facts: dict[tuple[str, bool], str] = {}
+        self.ask: Ask | None = None  # who answers login prompts the settings cannot (dagster-slurm login)
 
     # ----------------------------------------------------------------- connection
     def _count(self, **kw: int) -> None:
@@ -115,15 +127,17 @@ class SSHTransport:
         """Open one connection (the edge node, or with ``is_target=False`` the jump host)."""
         s = self.settings
         known = _known_hosts(s)
+        answers = LoginAnswers(s, self.ask)
         kwargs: dict = {
             "port": port,
             "known_hosts": known,
             "connect_timeout": s.connect_timeout,
-            "login_timeout": s.connect_timeout,
+            "login_timeout": self._login_timeout(),
             "keepalive_interval": s.keepalive_interval,
             "keepalive_count_max": 3,
-            "client_factory": _client_factory(s, known, self._mark_lost if is_target else lambda _conn: None),
-            "kbdint_auth": bool(s.password),  # never wait on an interactive prompt we cannot answer
+            "client_factory": _client_factory(s, known, self._mark_lost if is_target else lambda _conn: None,
+                                              answers),
+            "kbdint_auth": True,  # answered by LoginAnswers; a prompt it cannot answer fails the login at once
         }
         if user:
             kwargs["username"] = user
@@ -150,11 +164,8 @@ class SSHTransport:
             raise SSHConnectionError(self._host_key_message(host, port, known)) from None
         except asyncssh.PermissionDenied:
             method = "key " + s.key_path if s.key_path else ("password" if s.password else "ssh-agent/default keys")
-            raise SSHConnectionError(
-                f"SSH authentication failed for {user or '<default user>'}@{host}:{port} using {method}. "
-                "Check SLURM_EDGE_NODE_USER and SLURM_EDGE_NODE_KEY_PATH / SLURM_EDGE_NODE_PASSWORD "
-                "(SSHConnectionResource.user, key_path, password): the server refused them."
-            ) from None
+            raise SSHConnectionError(answers.refused_message(f"{user or '<default user>'}@{host}:{port}", method)) \
+                from None
         except (asyncio.TimeoutError, TimeoutError):
             raise SSHConnectionError(
                 f"Could not reach {host}:{port} within {s.connect_timeout:g} s "
@@ -177,7 +188,7 @@ class SSHTransport:
         delay, drops = 0.1, 0
         while True:
             try:
-                return await asyncio.wait_for(asyncssh.connect(host, **kwargs), s.connect_timeout + 5)
+                return await asyncio.wait_for(asyncssh.connect(host, **kwargs), self._login_timeout() + 5)
             except (ConnectionResetError, BrokenPipeError, asyncssh.ConnectionLost) as exc:
                 drops += 1
                 pause = delay * random.uniform(0.5, 1.5)
@@ -207,6 +218,17 @@ class SSHTransport:
             "SSHConnectionResource.known_hosts_file at a file that has it, or set "
             "host_key_checking='accept-new' to trust it on first use."
         )
+
+    def _login_timeout(self) -> float:
+        """A person answering prompts (``dagster-slurm login``) gets minutes; a program connect_timeout."""
+        return self.settings.connect_timeout if self.ask is None else max(self.settings.connect_timeout, 300.0)
+
+    def login(self) -> None:
+        """Connect (and authenticate) now rather than on the first call."""
+        try:
+            run_sync(self._connection(), self._login_timeout() * 2 + 10)
+        except TimeoutError:
+            raise SSHConnectionError(f"Logging in to {self._describe()} did not finish in time.") from None
 
     async def _connection(self) -> asyncssh.SSHClientConnection:
         if self._connect_lock is None:
@@ -312,6 +334,13 @@ class SSHTransport:
         if self._home is None:
             self._home = self._file_op("resolve", ".", lambda sftp: sftp.realpath("."))
         return self._home
+
+    def probe(self, command: str, *, check: bool = True) -> str:
+        """stdout of a read-only fact-finding command (``uname -m``, ``sbatch --help``), run once per transport."""
+        key = (command, check)
+        if key not in self._facts:
+            self._facts[key] = self.run(command, retry=True, check=check).stdout
+        return self._facts[key]
 
     def absolute(self, path: str) -> str:
         """Resolve ``~``-prefixed or relative paths against the remote home, without a round trip after the first."""
@@ -432,7 +461,8 @@ _pool: dict[SSHSettings, SSHTransport] = {}
 
 
 def get_transport(settings: SSHSettings) -> SSHTransport:
-    """The process-wide transport for exactly these settings: one SSH connection per process and settings."""
+    """The process-wide direct transport for exactly these settings: one SSH connection per process and
+    settings (``agent.sessions`` decides whether a process uses it or the shared agent)."""
     if settings.key_path and settings.password:
         raise ConfigurationError("SSH settings: key_path and password are both set; set only one.")
     with _pool_lock:
@@ -440,29 +470,6 @@ def get_transport(settings: SSHSettings) -> SSHTransport:
         if transport is None:
             transport = _pool[settings] = SSHTransport(settings)
         return transport
-
-
-_holders: dict[SSHSettings, set[int]] = {}
-
-
-def hold_transport(settings: SSHSettings, holder: object) -> SSHTransport:
-    """``get_transport``, and note that ``holder`` (e.g. a resource instance) uses it until it releases it."""
-    transport = get_transport(settings)
-    with _pool_lock:
-        _holders.setdefault(settings, set()).add(id(holder))
-    return transport
-
-
-def release_transport(settings: SSHSettings, holder: object) -> None:
-    """``holder`` is done: when it was the last holder, the connection is closed (the next use reconnects)."""
-    with _pool_lock:
-        holders = _holders.get(settings)
-        if holders is None or id(holder) not in holders:
-            return
-        holders.discard(id(holder))
-        transport = _pool.get(settings) if not holders else None
-    if transport is not None:
-        transport.close()
 
 
 def close_all_transports() -> None:

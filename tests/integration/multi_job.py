@@ -1,0 +1,46 @@
+"""Helper process: N trivial assets in one run through Dagster's public API, with a real DagsterInstance
+(DAGSTER_HOME) and the multiprocess executor (a process per step), on the test cluster.
+
+Usage: python multi_job.py
+Environment: DAGSTER_HOME, TEST_ASSETS (count), TEST_CONCURRENCY, TEST_PAYLOAD, TEST_REMOTE_BASE, TEST_ENV,
+the cluster's SLURM_EDGE_NODE_* settings (port, share_connection, ...) and TESTCLUSTER_KNOWN_HOSTS.
+Prints "SUCCESS" or "FAILURE" at the end.
+"""
+
+import os
+
+import dagster as dg
+
+from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource, SSHConnectionResource
+
+
+def _asset(i: int):
+    @dg.asset(name=f"a{i:03d}")
+    def _a(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=os.environ["TEST_PAYLOAD"]).get_results()
+
+    return _a
+
+
+def get_job():
+    ssh = SSHConnectionResource.from_env(known_hosts_file=os.environ["TESTCLUSTER_KNOWN_HOSTS"])
+    slurm = SlurmResource(ssh=ssh, remote_base=os.environ["TEST_REMOTE_BASE"],
+                          queue=SlurmQueueConfig(mem="64M", time_limit="00:05:00"))
+    resources = {"compute": ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=os.environ["TEST_ENV"])}
+    assets = [_asset(i) for i in range(int(os.environ["TEST_ASSETS"]))]
+    executor = dg.multiprocess_executor.configured(
+        {"max_concurrent": int(os.environ.get("TEST_CONCURRENCY", "2"))}) \
+        if os.environ.get("TEST_EXECUTOR", "multiprocess") == "multiprocess" else dg.in_process_executor
+    defs = dg.Definitions(assets=assets, jobs=[dg.define_asset_job("many", executor_def=executor)],
+                          resources=resources)
+    return defs.resolve_job_def("many")
+
+
+def main() -> None:
+    instance = dg.DagsterInstance.get()
+    result = dg.execute_job(dg.reconstructable(get_job), instance=instance)
+    print("SUCCESS" if result.success else "FAILURE", flush=True)
+
+
+if __name__ == "__main__":
+    main()
