@@ -21,7 +21,9 @@ CLUSTER_SCRIPT = ROOT / "scripts" / "testcluster.sh"
 # tests start), and every agent in it stopped at the end, so no agent of the suite outlives it.
 import tempfile  # noqa: E402
 
-os.environ["DAGSTER_SLURM_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dsa-suite-", dir="/tmp")
+if not os.environ.get("DAGSTER_SLURM_SUITE_RUNTIME_DIR"):  # once, even if a test imports this module again
+    os.environ["DAGSTER_SLURM_SUITE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dsa-suite-", dir="/tmp")
+os.environ["DAGSTER_SLURM_RUNTIME_DIR"] = os.environ["DAGSTER_SLURM_SUITE_RUNTIME_DIR"]
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -4,6 +4,7 @@ logins through `dagster-slurm login`, a killed agent replaced mid-run, peer cred
 
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def runtime_dir(monkeypatch):
     sessions.close_all()
     subprocess.run(CLI + ["agent", "stop"], env={**os.environ, "DAGSTER_SLURM_RUNTIME_DIR": path},
                    capture_output=True, timeout=60)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _resource(cluster_env, **kw):
@@ -269,3 +271,4 @@ def test_auto_falls_back_to_a_direct_connection_when_no_agent_can_run(cluster_en
             transport_for(_resource(cluster_env, share_connection="agent").settings())
     finally:
         sessions.close_all()
+        shutil.rmtree(shared, ignore_errors=True)
