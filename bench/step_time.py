@@ -67,7 +67,7 @@ def _instrument(transport, rec: dict) -> None:
     direct = hasattr(transport, "_file_op")  # an SSHTransport; else the AgentTransport of the shared agent
     orig_file_op = transport._file_op if direct else transport._file
 
-    def run(command, **kw):
+    def note_end(command):
         if command.startswith("rm -rf -- ") and "job_end" not in rec:
             run_dir = os.path.join(shlex.split(command)[3], "0")  # step-call folder / attempt 0
             for name in ("exit_code", "stdout.log", "messages.jsonl"):
@@ -76,6 +76,9 @@ def _instrument(transport, rec: dict) -> None:
                 except OSError:
                     pass
             rec["job_end"] = rec.get("files", {}).get("exit_code")
+
+    def run(command, **kw):
+        note_end(command)
         t0 = time.time()
         result = orig_run(command, **kw)
         ops.append({"kind": "cmd", "t0": t0, "t1": time.time(), "what": command[:160],
@@ -96,7 +99,15 @@ def _instrument(transport, rec: dict) -> None:
                 rec["reader_saw_exit"] = time.time()
         return chunks
 
-    transport.run, transport.read_many = run, read_many
+    orig_run_later = transport.run_later
+
+    def run_later(command):
+        note_end(command)
+        t0 = time.time()
+        orig_run_later(command)
+        ops.append({"kind": "cmd", "t0": t0, "t1": time.time(), "what": command[:160], "out": "", "rc": 0})
+
+    transport.run, transport.read_many, transport.run_later = run, read_many, run_later
     if direct:
         transport._file_op = file_op
     else:
@@ -334,6 +345,7 @@ def derive_floor(rec: dict, wall: float) -> dict:
         "commands_before_sbatch": 0, "job_id": rec["job_id"], "squeue_polls": rec["polls"],
         "final_state": rec.get("final_state"),
         "submit_to_seen_finished": t["t_seen_finished"] - t["t_sbatch_sent"],
+        "stage_to_seen_finished": t["t_seen_finished"] - t["t_connected"],  # upload + sbatch + polls
         "connect_to_seen_finished": t["t_seen_finished"] - t["t_imported"],
         "end_noticed_lag": None if not t.get("job_end") else t["t_seen_finished"] - t["job_end"],
         "profile": {
@@ -366,6 +378,33 @@ def run_child(variant: str, env_path: str, tmp: str, sleep: float) -> dict:
     raw = json.loads(Path(out).read_text())
     derived = derive_floor(raw, wall) if variant == "floor" else derive_dagster(raw, wall)
     return {"variant": variant, "raw": raw, **derived}
+
+
+SLURMCTLD_LOG = "/var/log/slurm/slurmctld.log"
+
+
+def slurm_own_times(path: str, job_ids: list[str]) -> dict[str, tuple[float, float]]:
+    """Per job: (submit, complete) epoch seconds from slurmctld's log lines
+    ``[2026-11-25T16:21:30.540] _slurm_rpc_submit_batch_job: JobId=984 ...`` and ``_job_complete: JobId=984 done``."""
+    import datetime
+
+    wanted, out, submit = set(job_ids), {}, {}
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        if not line.startswith("[") or "JobId=" not in line:
+            continue
+        job = line.split("JobId=", 1)[1].split()[0]
+        if job not in wanted:
+            continue
+        stamp = datetime.datetime.strptime(line[1:24], "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+        if "_slurm_rpc_submit_batch_job" in line:
+            submit[job] = stamp
+        elif "_job_complete" in line and line.rstrip().endswith("done") and job in submit:
+            out[job] = (submit[job], stamp)
+    return out
 
 
 def fmt_s(v, digits=2):
@@ -444,6 +483,13 @@ def main() -> None:
                 sacct[jid] = {"submit": submit, "start": start, "end": end, "state": state}
         admin.run(f"rm -rf -- {shlex.quote(admin.absolute(BENCH_BASE + '/floor'))}/* "
                   f"{shlex.quote(admin.absolute(BENCH_BASE + '/runs'))}", check=False)
+    own = slurm_own_times(SLURMCTLD_LOG, [str(r.get("job_id")) for r in results if r.get("job_id")])
+    for r in results:
+        times = own.get(str(r.get("job_id") or ""))
+        if times:
+            r["slurm_own"] = times[1] - times[0]  # slurmctld: submit RPC -> _job_complete, ms resolution
+            ours = r.get("step") if r["variant"] != "floor" else r.get("stage_to_seen_finished")
+            r["overhead_beyond_slurm"] = None if ours is None else ours - r["slurm_own"]
     for r in results:
         acct = sacct.get(r.get("job_id") or "")
         if acct:
@@ -473,18 +519,28 @@ def main() -> None:
              + ("" if source["src_hash_end"] == source["src_hash_start"] else " -> CHANGED DURING THE RUN") + ").",
              f"Medians of {args.runs} runs (interleaved; {args.warmup} warm-up round(s) discarded)"
              + (f"; payload sleeps {args.payload_sleep:g} s" if args.payload_sleep else "") + ".", "",
-             ("| variant | wall (process start to exit) | step (STEP_START -> STEP_SUCCESS) | SSH connections "
+             ("| variant | overhead beyond Slurm's own submit -> complete | wall (process start to exit) "
+              "| step (STEP_START -> STEP_SUCCESS) | SSH connections "
              "| SSH channels | remote commands | commands before sbatch | end-noticed lag |"),
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         s = summary[v]
         step = fmt_s(s.get("step")) if v != "floor" else f"({fmt_s(s.get('submit_to_seen_finished'))} submit -> seen)"
         remote = v != "local"
-        lines.append(f"| {names[v]} | {fmt_s(s.get('wall'))} | {step} | "
+        lines.append(f"| {names[v]} | {fmt_s(s.get('overhead_beyond_slurm'), 3) if remote else '-'} "
+                     f"| {fmt_s(s.get('wall'))} | {step} | "
                      + " | ".join(fmt_n(s.get(k)) if remote else "-" for k in
                                   ("connections", "channels", "commands", "commands_before_sbatch"))
                      + f" | {fmt_s(s.get('end_noticed_lag'), 3) if remote else '-'} |")
     ratios = {}
+    if "slurm" in summary and "floor" in summary and summary["slurm"].get("overhead_beyond_slurm") is not None \
+            and summary["floor"].get("overhead_beyond_slurm") is not None:
+        ratios["overhead_minus_floor_overhead"] = (summary["slurm"]["overhead_beyond_slurm"]
+                                                   - summary["floor"]["overhead_beyond_slurm"])
+        lines += ["", f"- overhead beyond Slurm's own time, slurm mode minus floor (medians): "
+                      f"**{ratios['overhead_minus_floor_overhead']:+.3f} s** (target <= +0.1 s). Floor: upload + "
+                      "sbatch + squeue every 0.1 s until the job is gone, minus slurmctld's submit -> complete; "
+                      "slurm mode: STEP_START -> STEP_SUCCESS minus the same."]
     if "slurm" in summary and "floor" in summary and summary["slurm"].get("step"):
         sl, fl = summary["slurm"], summary["floor"]
         ratios = {"slurm_step_over_floor_wall": sl["step"] / fl["wall"],

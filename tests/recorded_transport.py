@@ -3,6 +3,7 @@
 It stands in for SSH only: each command's answer is a recorded squeue/sacct/... output chosen by the
 command's first word. Commands are kept in ``commands`` for the test to check."""
 
+from dagster_slurm.errors import RemoteCommandError
 from dagster_slurm.transport.base import CommandResult, TransportStats
 
 
@@ -18,7 +19,12 @@ class RecordedTransport:
         answer = self.answers.get(command.split()[0], "")
         if isinstance(answer, str):
             return CommandResult(command, 0, answer, "")
+        if check and answer["exit_status"] != 0:  # as the SSH transport does
+            raise RemoteCommandError(command, answer["exit_status"], answer["stderr"])
         return CommandResult(command, answer["exit_status"], answer["stdout"], answer["stderr"])
+
+    def run_later(self, command: str) -> None:
+        self.run(command, check=False)
 
     def probe(self, command: str, *, check: bool = True) -> str:
         return self.run(command, check=check).stdout

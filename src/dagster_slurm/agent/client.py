@@ -111,6 +111,13 @@ class AgentTransport:
                       timeout=self._bound(timeout), replay=retry)
         return CommandResult(command, r["exit_status"], r["stdout"], r["stderr"])
 
+    def run_later(self, command: str) -> None:
+        """The agent runs it after answering: off this process's critical path, and it survives this
+        process's exit."""
+        with self._lock:
+            self.stats.log_command(command)
+        self.call("run_later", {"command": command}, timeout=self._bound(), replay=True)
+
     def home(self) -> str:
         if self._home is None:
             self._home = self._file("home", {})
@@ -144,8 +151,11 @@ class AgentTransport:
         return self._file("listdir", {"path": path})
 
     def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
-        self._file("write_bytes", {"path": path, "data": b64(data), "mode": mode})
-        self.stats.bytes_uploaded += len(data)
+        self.write_many([(path, data, mode)])
+
+    def write_many(self, files: list[tuple[str, bytes, int]]) -> None:
+        self._file("write_many", {"files": [[p, b64(d), m] for p, d, m in files]})
+        self.stats.bytes_uploaded += sum(len(d) for _, d, _ in files)
 
     def put_file(self, local: str, remote: str, *, progress: ProgressCallback | None = None,
                  mode: int | None = None) -> None:
@@ -208,19 +218,24 @@ class AgentWatcher:
         self.session = uuid.uuid4().hex
         self._jobs: dict[str, JobHandle] = {}
         self._known: dict[str, str] = {}
+        self._exit_files: dict[str, str] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def _register(self, jobs: list[str]) -> None:
+        with self._lock:
+            exit_files = {j: self._exit_files[j] for j in jobs if j in self._exit_files}
         self._transport.call("watch", {"session": self.session, "jobs": jobs, "min_interval": self.min_interval,
-                                       "max_interval": self.max_interval},
+                                       "max_interval": self.max_interval, "exit_files": exit_files},
                              timeout=self._transport._bound(30), replay=True)
 
-    def watch(self, job_id: str) -> JobHandle:
+    def watch(self, job_id: str, exit_file: str | None = None) -> JobHandle:
         with self._lock:
             handle = self._jobs.get(job_id)
             if handle is None:
                 handle = self._jobs[job_id] = JobHandle(job_id)
+            if exit_file:
+                self._exit_files[job_id] = exit_file
         self._register([job_id])
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
@@ -232,6 +247,7 @@ class AgentWatcher:
         with self._lock:
             self._jobs.pop(job_id, None)
             self._known.pop(job_id, None)
+            self._exit_files.pop(job_id, None)
         try:
             self._transport.call("forget", {"session": self.session, "jobs": [job_id]}, timeout=30, replay=True)
         except DagsterSlurmError:
@@ -283,6 +299,8 @@ class AgentWatcher:
                     continue
                 self._known[job] = protocol.stamp(snap)
                 handle.state, handle.reason = snap["state"], snap["reason"]
+                if snap.get("exited"):
+                    handle.mark_exited(snap.get("exit_code"))
                 if snap["done"]:
                     handle.final = JobAccounting(**snap["final"]) if snap["final"] else None
                     handle.error = DagsterSlurmError(snap["error"]) if snap["error"] else None

@@ -22,6 +22,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from dataclasses import asdict
 
@@ -45,14 +46,16 @@ def _snapshot(handle: JobHandle) -> dict:
         "done": handle.done.is_set(),
         "final": asdict(handle.final) if handle.final is not None else None,
         "error": str(handle.error) if handle.error is not None else None,
+        "exited": handle.exited.is_set(),
+        "exit_code": handle.exit_code,
     }
 
 
 class Agent:
-    def __init__(self, settings, path: str):
+    def __init__(self, settings, path: str, transport=None):
         self.settings = settings
         self.path = path
-        self.transport = SSHTransport(settings)
+        self.transport = transport or SSHTransport(settings)  # (tests: a recorded transport)
         self.watcher = JobWatcher(self.transport)
         self.started = time.time()
         self.last_activity = time.monotonic()
@@ -68,6 +71,7 @@ class Agent:
         self.changed: asyncio.Condition | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._inode = 0
+        self._writers: set[asyncio.StreamWriter] = set()
 
     # ------------------------------------------------------------------ serving
     async def serve(self) -> None:
@@ -84,12 +88,15 @@ class Agent:
             os.umask(old)
         os.chmod(self.path, 0o600)
         self._inode = os.stat(self.path).st_ino
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            self.loop.add_signal_handler(sig, self.stopping.set)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                self.loop.add_signal_handler(sig, self.stopping.set)
         housekeeping = asyncio.ensure_future(self._housekeeping())
         await self.stopping.wait()
         housekeeping.cancel()
         server.close()
+        for writer in list(self._writers):
+            writer.close()
         try:
             if os.path.exists(self.path) and os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
@@ -137,6 +144,7 @@ class Agent:
             return
         self.clients_now += 1
         self.clients_total += 1
+        self._writers.add(writer)
         try:
             while True:
                 try:
@@ -159,6 +167,7 @@ class Agent:
             return
         finally:
             self.clients_now -= 1
+            self._writers.discard(writer)
             writer.close()
 
     async def _dispatch(self, op: str, a: dict):
@@ -169,7 +178,8 @@ class Agent:
         raise DagsterSlurmError(f"unknown agent request {op!r} (agent protocol v{protocol.VERSION})")
 
     # ------------------------------------------------------------------ the job watcher, shared
-    def watch(self, session: str, jobs: list[str], min_interval: float, max_interval: float) -> None:
+    def watch(self, session: str, jobs: list[str], min_interval: float, max_interval: float,
+              exit_files: dict[str, str] | None = None) -> None:
         self.watcher.min_interval, self.watcher.max_interval = min_interval, max_interval
         held = self.sessions.setdefault(session, set())
         self.session_seen[session] = time.monotonic()
@@ -177,7 +187,7 @@ class Agent:
             if job not in held:
                 held.add(job)
                 self.jobs_watched_total += 1
-            self.watcher.watch(job)
+            self.watcher.watch(job, (exit_files or {}).get(job))
         self.loop.call_soon_threadsafe(self._notify)  # type: ignore[union-attr]
 
     def forget(self, session: str, jobs: list[str]) -> None:
@@ -224,7 +234,7 @@ class Agent:
             "pid": os.getpid(), "version": protocol.VERSION, "started": self.started,
             "target": f"{s.user + '@' if s.user else ''}{s.host}:{s.port}"
                       + (f" via {s.jump_host}:{s.jump_port}" if s.jump_host else ""),
-            "connected": self.transport._conn is not None and not self.transport._conn.is_closed(),
+            "connected": self.transport.connected,
             "clients_now": self.clients_now - 1, "clients_total": self.clients_total - 1,
             "requests": self.requests, "jobs_watched_now": sum(len(j) for j in self.sessions.values()),
             "jobs_watched_total": self.jobs_watched_total, "ssh_logins": self.transport.stats.connections,
@@ -243,6 +253,10 @@ def _run(agent: Agent, a: dict) -> dict:
     return {"exit_status": r.exit_status, "stdout": r.stdout, "stderr": r.stderr}
 
 
+def _run_later(agent: Agent, a: dict) -> None:
+    agent.transport.run_later(a["command"])
+
+
 def _stop(agent: Agent, a: dict) -> bool:
     agent.loop.call_soon_threadsafe(agent.stopping.set)  # type: ignore[union-attr]
     return True
@@ -253,6 +267,7 @@ _SYNC_OPS = {
     "status": lambda ag, a: ag.status(),
     "stop": _stop,
     "run": _run,
+    "run_later": _run_later,
     "home": lambda ag, a: ag.transport.home(),
     "probe": lambda ag, a: ag.transport.probe(a["command"], check=a.get("check", True)),
     "mkdir_p": lambda ag, a: ag.transport.mkdir_p(a["path"]),
@@ -261,11 +276,12 @@ _SYNC_OPS = {
     "stat_mtime": lambda ag, a: ag.transport.stat_mtime(a["path"]),
     "stat_size": lambda ag, a: ag.transport.stat_size(a["path"]),
     "listdir": lambda ag, a: ag.transport.listdir(a["path"]),
-    "write_bytes": lambda ag, a: ag.transport.write_bytes(a["path"], unb64(a["data"]) or b"", mode=a["mode"]),
+    "write_many": lambda ag, a: ag.transport.write_many([(p, unb64(d) or b"", m) for p, d, m in a["files"]]),
     "put_file": lambda ag, a: ag.transport.put_file(a["local"], a["remote"], mode=a.get("mode")),
     "read_many": _read_many,
     "rename": lambda ag, a: ag.transport.rename(a["src"], a["dst"]),
-    "watch": lambda ag, a: ag.watch(a["session"], a["jobs"], a["min_interval"], a["max_interval"]),
+    "watch": lambda ag, a: ag.watch(a["session"], a["jobs"], a["min_interval"], a["max_interval"],
+                                    a.get("exit_files")),
     "forget": lambda ag, a: ag.forget(a["session"], a["jobs"]),
     "poke": lambda ag, a: ag.watcher.poke(),
 }

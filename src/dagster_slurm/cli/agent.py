@@ -98,6 +98,15 @@ def _stop(path: str) -> None:
         time.sleep(0.05)
 
 
+def _recent_warnings(log_path: str, keep: int = 3) -> list[str]:
+    try:
+        with open(log_path, errors="replace") as fh:
+            lines = fh.readlines()[-200:]
+    except OSError:
+        return []
+    return [line.rstrip() for line in lines if " WARNING " in line or " ERROR " in line][-keep:]
+
+
 def _sockets() -> list[str]:
     return sorted(glob.glob(os.path.join(protocol.runtime_dir(), "v*.sock")))
 
@@ -129,3 +138,8 @@ def run_agent(args) -> None:
         if not status["connected"]:
             print("  advice: its SSH connection is down; the next request logs in again. If the login node "
                   "asks for a one-time code, run `dagster-slurm login`.")
+        warnings = _recent_warnings(path[: -len(".sock")] + ".log")
+        if warnings:
+            print("  recent warnings (its log: " + path[: -len(".sock")] + ".log):")
+            for line in warnings:
+                print("    " + line)

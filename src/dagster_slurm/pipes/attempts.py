@@ -262,7 +262,8 @@ class StepCallLedger:
         q = shlex.quote
         if success and not keep:
             parent = self.folder.rsplit("/", 1)[0]
-            command = f"rm -rf -- {q(self.folder)} ; rmdir {q(parent)} 2>/dev/null ; true"
-        else:
-            command = append_command(self.folder, {"n": placement.attempt.n, "reported": state})
+            # after the step's result, not before it: nothing waits for this removal
+            self.transport.run_later(f"rm -rf -- {q(self.folder)} ; rmdir {q(parent)} 2>/dev/null ; true")
+            return
+        command = append_command(self.folder, {"n": placement.attempt.n, "reported": state})
         self.transport.run(command, check=False, retry=True)

@@ -10,19 +10,19 @@ from contextlib import contextmanager
 from dagster import PipesContextInjector
 from dagster_pipes import PipesContextData, PipesParams
 
-from dagster_slurm.transport.base import Transport
-
 
 class SlurmContextInjector(PipesContextInjector):
-    def __init__(self, transport: Transport, path: str, *, write: bool = True):
-        self._transport = transport
+    """Hands the context to the client, which writes it (0600) with the job's other files in one batch."""
+
+    def __init__(self, path: str, *, write: bool = True):
         self.path = path
         self._write = write  # False when reattaching: the job was started with the context already there
+        self.pending: bytes | None = None
 
     @contextmanager
     def inject_context(self, context_data: PipesContextData) -> Iterator[PipesParams]:
         if self._write:
-            self._transport.write_bytes(self.path, json.dumps(context_data).encode(), mode=0o600)
+            self.pending = json.dumps(context_data).encode()
         yield {"path": self.path}
 
     def no_messages_debug_text(self) -> str:

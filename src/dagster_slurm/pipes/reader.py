@@ -79,6 +79,7 @@ class SlurmRunMessageReader(PipesMessageReader):
         self._forward = forward_stdio
         self.state = TailState()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._started = threading.Event()
         self._handler: PipesMessageHandler | None = None
         self._lock = threading.Lock()
@@ -98,6 +99,7 @@ class SlurmRunMessageReader(PipesMessageReader):
             yield {"path": self.files.messages}
         finally:
             self._stop.set()
+            self._wake.set()
             thread.join(timeout=60)
 
     def start(self) -> None:
@@ -180,7 +182,12 @@ class SlurmRunMessageReader(PipesMessageReader):
                 log.warning("reading job output failed: %s", exc)
                 got = False
             interval = self._min if got else min(interval * 1.5, self._max)
-            self._stop.wait(interval)
+            if self._wake.wait(interval):
+                self._wake.clear()
+
+    def wake(self) -> None:
+        """Read now (the job's exit file appeared: its last output is there)."""
+        self._wake.set()
 
     def drain(self, settle_seconds: float = 5.0) -> None:
         """After the job ended: read to the end. If the payload opened Pipes but its ``closed``

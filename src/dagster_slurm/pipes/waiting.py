@@ -21,7 +21,8 @@ class JobLeftQueued(SlurmJobError):
 
 def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Transport, job_id: str, *,
                  job_timeout: float | None, queue_timeout: float | None,
-                 cancel_also: str = "",
+                 cancel_also: str = "", exit_file: str | None = None,
+                 on_exit: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> JobAccounting:
     """Block until ``job_id`` ends and return its accounting.
 
@@ -29,8 +30,11 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
     a reason that cannot resolve (e.g. PartitionConfig), or longer than ``queue_timeout``, is cancelled
     and the wait fails naming the setting; after ``job_timeout`` the job is left alone. Whenever this
     cancels the job (also on terminate), the shell command ``cancel_also`` runs in the same remote
-    command as ``scancel`` (e.g. removing the job's secrets)."""
-    handle = watcher.watch(job_id)
+    command as ``scancel`` (e.g. removing the job's secrets). ``exit_file``: the file the job script
+    writes last, watched on the cluster; ``on_exit`` is called as soon as it appears."""
+    handle = watcher.watch(job_id, exit_file=exit_file)
+    if on_exit is not None:
+        handle.when_exited(on_exit)
     started = clock()
     seen, told_at = ("", ""), started
     try:

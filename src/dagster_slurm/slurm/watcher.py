@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from dagster_slurm.errors import DagsterSlurmError
+from dagster_slurm.slurm.exits import ExitWatcher
 from dagster_slurm.slurm.parse import (
     SACCT_FIELDS,
     SQUEUE_FORMAT,
@@ -41,10 +42,27 @@ class JobHandle:
     final: JobAccounting | None = None
     error: Exception | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    exit_code: int | None = None  # the payload's, from the exit file, as soon as it appears
+    exited: threading.Event = field(default_factory=threading.Event)
+    _on_exit: list = field(default_factory=list)
     _lag_ticks: int = 0
 
     def wait(self, timeout: float | None) -> bool:
         return self.done.wait(timeout)
+
+    def when_exited(self, callback) -> None:
+        """Call ``callback()`` once the job's exit file has appeared (at once if it has)."""
+        self._on_exit.append(callback)
+        if self.exited.is_set():
+            callback()
+
+    def mark_exited(self, code: int | None) -> None:
+        if self.exited.is_set():
+            return
+        self.exit_code = code
+        self.exited.set()
+        for callback in list(self._on_exit):
+            callback()
 
 
 class JobWatcher:
@@ -58,8 +76,16 @@ class JobWatcher:
         self._thread: threading.Thread | None = None
         self.ticks = 0
         self.listeners: list = []  # called (from the watcher's thread) after any change
+        self._exits: ExitWatcher | None = None
 
-    def watch(self, job_id: str) -> JobHandle:
+    def watch(self, job_id: str, exit_file: str | None = None) -> JobHandle:
+        """Watch ``job_id``; with ``exit_file`` (the file its job script writes last) its end is
+        noticed within ~50 ms of that file appearing (see ``exits.py``)."""
+        if exit_file:
+            with self._lock:
+                if self._exits is None:
+                    self._exits = ExitWatcher(self._transport, self._exited)
+            self._exits.add(job_id, exit_file)
         with self._lock:
             handle = self._jobs.get(job_id)
             if handle is None:
@@ -74,6 +100,19 @@ class JobWatcher:
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._jobs.pop(job_id, None)
+            exits = self._exits
+        if exits is not None:
+            exits.remove(job_id)
+
+    def _exited(self, job_id: str, code: int | None) -> None:
+        """The job's exit file appeared: poll Slurm now and tell whoever waits."""
+        with self._lock:
+            handle = self._jobs.get(job_id)
+        if handle is not None:
+            handle.mark_exited(code)
+        self.poke()
+        for listener in list(self.listeners):
+            listener()
 
     def poke(self) -> None:
         """Poll now and return to the fastest cadence."""

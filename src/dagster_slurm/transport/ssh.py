@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import logging
 import os
 import random
@@ -100,6 +101,7 @@ class SSHTransport:
         self._stats_lock = threading.Lock()
         self._facts: dict[tuple[str, bool], str] = {}
         self.ask: Ask | None = None  # who answers login prompts the settings cannot (dagster-slurm login)
+        self._later: concurrent.futures.ThreadPoolExecutor | None = None
 
     # ----------------------------------------------------------------- connection
     def _count(self, **kw: int) -> None:
@@ -117,6 +119,10 @@ class SSHTransport:
             shell.close()
         if old is not None and not old.is_closed():
             old.close()  # a connection we stop using is closed, not leaked
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
 
     def _describe(self) -> str:
         s = self.settings
@@ -303,6 +309,36 @@ class SSHTransport:
             raise RemoteCommandError(command, status, err)
         return CommandResult(command, -1 if status is None else status, out, err)
 
+    def open_stream(self, command: str) -> RemoteStream:
+        """Start a long-running remote ``command`` on its own channel, to talk to it line by line."""
+        async def start() -> asyncssh.SSHClientProcess:
+            conn = await self._connection()
+            return await conn.create_process(command, encoding="utf-8")
+
+        self._count(channels=1)
+        with self._stats_lock:
+            self.stats.log_command(command)
+        try:
+            return RemoteStream(run_sync(start(), self.settings.connect_timeout * 2 + 10))
+        except (_LOST + (asyncssh.Error, TimeoutError)) as exc:
+            raise SSHConnectionError(f"Could not start a remote stream on {self._describe()}: {exc}") from None
+
+    def run_later(self, command: str) -> None:
+        """Run an idempotent clean-up ``command`` off the caller's critical path (errors are logged).
+        Pending ones finish before the process exits."""
+        with self._stats_lock:
+            if self._later is None:
+                self._later = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dagster-slurm-later")
+            later = self._later
+
+        def job() -> None:
+            try:
+                self.run(command, check=False, retry=True)
+            except Exception as exc:  # noqa: BLE001 - clean-up only: gc removes what is left
+                log.warning("clean-up command failed (%s): %s", exc, command)
+
+        later.submit(job)
+
     # ----------------------------------------------------------------- files (SFTP)
     async def _sftp_client(self) -> asyncssh.SFTPClient:
         conn = await self._connection()
@@ -384,14 +420,21 @@ class SSHTransport:
         return self._file_op("list", path, op)
 
     def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
-        async def op(sftp: asyncssh.SFTPClient) -> None:
+        self.write_many([(path, data, mode)])
+
+    def write_many(self, files: list[tuple[str, bytes, int]]) -> None:
+        """Write several (path, data, mode) files concurrently: one round trip's time, not one per file."""
+        async def one(sftp: asyncssh.SFTPClient, path: str, data: bytes, mode: int) -> None:
             attrs = asyncssh.SFTPAttrs(permissions=mode)
             async with sftp.open(path, "wb", attrs) as fh:
                 await fh.write(data)
-            await sftp.chmod(path, mode)
+            await sftp.chmod(path, mode)  # the umask may have narrowed the create mode
 
-        self._file_op("write", path, op)
-        self._count(bytes_uploaded=len(data))
+        async def op(sftp: asyncssh.SFTPClient) -> None:
+            await asyncio.gather(*(one(sftp, p, d, m) for p, d, m in files))
+
+        self._file_op("write", ", ".join(p for p, _, _ in files), op)
+        self._count(bytes_uploaded=sum(len(d) for _, d, _ in files))
 
     def put_file(self, local: str, remote: str, *, progress: ProgressCallback | None = None,
                  mode: int | None = None) -> None:
@@ -444,6 +487,10 @@ class SSHTransport:
         self.run(f"rm -rf -- {shlex.quote(path)}", retry=True)
 
     def close(self) -> None:
+        if self._later is not None:
+            self._later.shutdown(wait=True)  # pending clean-ups first
+            self._later = None
+
         async def op() -> None:
             self._mark_lost()  # closes the shells and the connection
             if self._jump is not None:
@@ -453,6 +500,40 @@ class SSHTransport:
         try:
             run_sync(op(), 5)
         except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+
+
+class RemoteStream:
+    """A remote process on one channel: send it lines, read its lines (``readline`` returns None on
+    timeout and "" once the process or the connection ended)."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess):
+        self._process = process
+
+    def send(self, text: str) -> None:
+        async def write() -> None:
+            self._process.stdin.write(text)
+
+        run_sync(write(), 10)
+
+    def readline(self, timeout: float) -> str | None:
+        async def read() -> str | None:
+            try:
+                return await asyncio.wait_for(self._process.stdout.readline(), timeout)
+            except asyncio.TimeoutError:
+                return None
+            except (asyncssh.Error, OSError, BrokenPipeError):
+                return ""
+
+        return run_sync(read(), timeout + 10)
+
+    def close(self) -> None:
+        async def close() -> None:
+            self._process.close()
+
+        try:
+            run_sync(close(), 5)
+        except Exception:  # noqa: BLE001 - closing a dead channel
             pass
 
 
