@@ -141,10 +141,14 @@ def run_multi(n: int, env: dict, executor: str, concurrency: int, tmp: Path) -> 
                "TEST_EXECUTOR": executor}
     out = subprocess.run([sys.executable, str(MULTI_JOB)], env=job_env, capture_output=True, text=True)
     ok = out.stdout.strip().endswith("SUCCESS")
+    startup = [line for line in out.stdout.splitlines() if line.startswith("STEP_PROCESS_STARTUP")]
+    total = float(startup[0].split("total=")[1].split()[0]) if startup else 0.0
+    median = float(startup[0].split("median=")[1]) if startup else 0.0
     failed = out.stdout.count("STEP_FAILURE") + (0 if ok else 1)
     if not ok:
         print((out.stdout + out.stderr)[-3000:], file=sys.stderr)
-    return {"jobs": n, "failures": 0 if ok else failed}
+    return {"jobs": n, "failures": 0 if ok else failed, "step_process_startup_total": total,
+            "step_process_startup_median": median, "concurrency": concurrency}
 
 
 def run_partitions(n: int, parallel: int, env: dict, tmp: Path) -> dict:
@@ -249,12 +253,15 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1))
-    print("\n| variant | jobs | wall s | jobs/s | SSH logins | peak connections | squeue calls | failures |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| variant | jobs | wall s | jobs/s | SSH logins | peak connections | squeue calls | failures "
+          "| step process start-up (median, total) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         jps = f"{r['jobs_per_s']:.2f}" if r["jobs_per_s"] else "-"
+        start = (f"{r['step_process_startup_median']:.2f} s, {r['step_process_startup_total']:.0f} s"
+                 if r.get("step_process_startup_total") else "-")
         print(f"| {r['variant']} | {r['jobs']} | {r['wall']:.1f} | {jps} | {r['logins']} | {r['peak_connections']} "
-              f"| {r['squeue_calls']} | {r['failures']} |")
+              f"| {r['squeue_calls']} | {r['failures']} | {start} |")
 
 
 if __name__ == "__main__":

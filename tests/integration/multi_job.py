@@ -39,6 +39,19 @@ def get_job():
 def main() -> None:
     instance = dg.DagsterInstance.get()
     result = dg.execute_job(dg.reconstructable(get_job), instance=instance)
+    # Dagster's own cost per step process: STEP_WORKER_STARTING -> STEP_START (imports, definitions, resources)
+    starting: dict[str, float] = {}
+    startup = []
+    for entry in instance.all_logs(result.run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type_value == "STEP_WORKER_STARTING":
+            starting[event.step_key] = entry.timestamp
+        elif event.event_type_value == "STEP_START" and event.step_key in starting:
+            startup.append(entry.timestamp - starting[event.step_key])
+    if startup:
+        print(f"STEP_PROCESS_STARTUP total={sum(startup):.2f} median={sorted(startup)[len(startup) // 2]:.2f}")
     print("SUCCESS" if result.success else "FAILURE", flush=True)
 
 

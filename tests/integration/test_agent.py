@@ -272,3 +272,28 @@ def test_auto_falls_back_to_a_direct_connection_when_no_agent_can_run(cluster_en
     finally:
         sessions.close_all()
         shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.parametrize("share", ["direct", "auto"])
+def test_job_end_noticed_within_moments_of_its_exit_file(cluster_env, runtime_dir, share):
+    """The exit file the job script writes last is watched on the cluster by one remote loop: the
+    waiter learns of the end (and the exit code) well before the next squeue poll would have."""
+    from dagster_slurm.agent import transport_for, watcher_for
+
+    transport = transport_for(_resource(cluster_env, share_connection=share).settings())
+    folder = transport.absolute(f"dagster-slurm-tests/exits-{os.getpid()}-{share}")
+    transport.mkdir_p(folder)
+    exit_file = f"{folder}/exit_code"
+    job = transport.run(f"sbatch --parsable --mem=32M -t 1 -o /dev/null --wrap 'sleep 2; printf \"3\\n\" > "
+                        f"{exit_file}.tmp && mv {exit_file}.tmp {exit_file}; sleep 5'").stdout.strip()
+    watcher = watcher_for(transport, 0.1, 10.0)
+    handle = watcher.watch(job, exit_file=exit_file)
+    try:
+        assert handle.exited.wait(60), "the exit file was never noticed"
+        lag = time.time() - os.stat(exit_file).st_mtime  # the cluster is this machine: one clock
+        assert handle.exit_code == 3
+        assert lag < 0.5, lag
+        assert not handle.done.is_set()  # the job itself still runs (sleep 5): only the exit file was seen
+    finally:
+        watcher.forget(job)
+        transport.run(f"scancel {job}; rm -rf {folder}", check=False)
