@@ -364,8 +364,19 @@ def derive_floor(rec: dict, wall: float) -> dict:
 
 
 # =============================================================================================== parent
+def squeue_rpcs() -> int | None:
+    """slurmctld's count of job-info RPCs (what squeue sends), from sdiag on the test cluster."""
+    try:
+        out = subprocess.run(["sdiag"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return sum(int(line.split("count:")[1].split()[0]) for line in out.splitlines()
+               if line.strip().split(" ")[0] in ("REQUEST_JOB_INFO", "REQUEST_JOB_INFO_SINGLE"))
+
+
 def run_child(variant: str, env_path: str, tmp: str, sleep: float) -> dict:
     out = os.path.join(tmp, f"{variant}-{uuid.uuid4().hex}.json")
+    rpcs_before = squeue_rpcs()
     log = os.path.join(tmp, f"{variant}.log")
     with open(log, "ab") as fh:
         t_proc = time.time()
@@ -377,6 +388,9 @@ def run_child(variant: str, env_path: str, tmp: str, sleep: float) -> dict:
         raise RuntimeError(f"{variant} child failed (exit {rc}); see {log}:\n" + Path(log).read_text()[-3000:])
     raw = json.loads(Path(out).read_text())
     derived = derive_floor(raw, wall) if variant == "floor" else derive_dagster(raw, wall)
+    rpcs_after = squeue_rpcs()
+    if rpcs_before is not None and rpcs_after is not None:
+        derived["squeue_calls_slurmctld"] = rpcs_after - rpcs_before  # whoever sent them (the agent too)
     return {"variant": variant, "raw": raw, **derived}
 
 
@@ -520,15 +534,15 @@ def main() -> None:
              f"Medians of {args.runs} runs (interleaved; {args.warmup} warm-up round(s) discarded)"
              + (f"; payload sleeps {args.payload_sleep:g} s" if args.payload_sleep else "") + ".", "",
              ("| variant | overhead beyond Slurm's own submit -> complete | wall (process start to exit) "
-              "| step (STEP_START -> STEP_SUCCESS) | SSH connections "
+              "| step (STEP_START -> STEP_SUCCESS) | squeue calls (slurmctld) | SSH connections "
              "| SSH channels | remote commands | commands before sbatch | end-noticed lag |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         s = summary[v]
         step = fmt_s(s.get("step")) if v != "floor" else f"({fmt_s(s.get('submit_to_seen_finished'))} submit -> seen)"
         remote = v != "local"
         lines.append(f"| {names[v]} | {fmt_s(s.get('overhead_beyond_slurm'), 3) if remote else '-'} "
-                     f"| {fmt_s(s.get('wall'))} | {step} | "
+                     f"| {fmt_s(s.get('wall'))} | {step} | {fmt_n(s.get('squeue_calls_slurmctld')) if remote else '-'} | "
                      + " | ".join(fmt_n(s.get(k)) if remote else "-" for k in
                                   ("connections", "channels", "commands", "commands_before_sbatch"))
                      + f" | {fmt_s(s.get('end_noticed_lag'), 3) if remote else '-'} |")

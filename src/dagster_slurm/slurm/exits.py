@@ -63,6 +63,11 @@ class ExitWatcher:
         self._retry_at = 0.0
         self.noticed = 0
 
+    @property
+    def streaming(self) -> bool:
+        """Whether the remote loop runs (ends are then noticed without polling)."""
+        return self._stream is not None
+
     def add(self, job_id: str, path: str) -> None:
         with self._lock:
             self._paths[path] = job_id

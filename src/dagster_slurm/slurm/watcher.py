@@ -148,7 +148,9 @@ class JobWatcher:
             if changed:
                 for listener in list(self.listeners):
                     listener()
-            interval = self.min_interval if changed else min(interval * 1.5, self.max_interval)
+            # with the exit files watched on the cluster, an end wakes us anyway: back off faster
+            grow = 3.0 if self._exits is not None and self._exits.streaming else 1.5
+            interval = self.min_interval if changed else min(interval * grow, self.max_interval)
             if self._wake.wait(interval):
                 self._wake.clear()
                 interval = self.min_interval
