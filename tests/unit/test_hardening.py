@@ -216,3 +216,27 @@ def test_a_password_from_the_environment_gets_no_warning(monkeypatch):
         resource = SSHConnectionResource(host="127.0.0.1", password=dg.EnvVar("PW_FOR_TEST"))
         with dg.build_resources({"ssh": resource}) as built:
             assert built.ssh.settings().password == "from-env-secret"
+
+
+def test_accounting_lag_is_bounded_in_time_and_said(monkeypatch):
+    """squeue says the job ended but sacct has no record of it yet (recorded: an unknown id's empty
+    answer): the result comes within the bound, says its metrics are missing, and polls stay <= 1 s."""
+    import time
+
+    from recorded_transport import RecordedTransport
+
+    from dagster_slurm.slurm import watcher as watcher_module
+
+    data = Path(__file__).parents[1] / "data" / "slurm"
+    squeue = "".join(line for line in (data / "squeue_terminal.txt").read_text().splitlines(keepends=True)
+                     if not line.startswith("# "))
+    job_id, state = squeue.split("|")[:2]
+    monkeypatch.setattr(watcher_module, "SACCT_LAG_SECONDS", 1.5)
+    transport = RecordedTransport({"squeue": squeue, "sacct": ""})
+    watcher = watcher_module.JobWatcher(transport, min_interval=0.1, max_interval=10.0)
+    started = time.monotonic()
+    handle = watcher.watch(job_id)
+    assert handle.wait(10)
+    assert 1.5 <= time.monotonic() - started < 4
+    assert handle.final is not None and not handle.final.accounted and handle.final.state == state
+    assert "no sacct record within 1.5 s" in handle.final.metadata()["slurm_accounting"]

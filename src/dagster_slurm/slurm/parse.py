@@ -131,7 +131,8 @@ class JobAccounting:
     nnodes: int = 0
     partition: str = ""
     nodelist: str = ""
-    accounted: bool = True  # False: sacct could not be asked; state from squeue, no metrics
+    accounted: bool = True  # False: state from squeue, no metrics (why: ``unaccounted_why``)
+    unaccounted_why: str = "sacct failed"
 
     @property
     def terminal(self) -> bool:
@@ -149,7 +150,7 @@ class JobAccounting:
     def metadata(self) -> dict[str, object]:
         if not self.accounted:
             return {"slurm_job_id": self.job_id, "slurm_state": self.state,
-                    "slurm_accounting": "unavailable (sacct failed): no metrics"}
+                    "slurm_accounting": f"unavailable ({self.unaccounted_why}): no metrics"}
         meta: dict[str, object] = {
             "slurm_job_id": self.job_id,
             "slurm_state": self.state,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 
@@ -28,9 +29,9 @@ from dagster_slurm.transport.base import Transport
 
 log = logging.getLogger("dagster_slurm.slurm")
 
-# How many ticks a job may be terminal/absent in squeue but missing from sacct (accounting lag)
-# before we settle for squeue's word.
-_SACCT_LAG_TICKS = 25
+# How long a job may be terminal/absent in squeue but missing from sacct (accounting lag) before we
+# settle for squeue's word (the result then says its metrics are missing); polls stay <= 1 s meanwhile.
+SACCT_LAG_SECONDS = 10.0
 _MAX_FAILED_TICKS = 30
 
 
@@ -45,7 +46,7 @@ class JobHandle:
     exit_code: int | None = None  # the payload's, from the exit file, as soon as it appears
     exited: threading.Event = field(default_factory=threading.Event)
     _on_exit: list = field(default_factory=list)
-    _lag_ticks: int = 0
+    _lagging_since: float | None = None
 
     def wait(self, timeout: float | None) -> bool:
         return self.done.wait(timeout)
@@ -77,6 +78,7 @@ class JobWatcher:
         self.ticks = 0
         self.listeners: list = []  # called (from the watcher's thread) after any change
         self._exits: ExitWatcher | None = None
+        self._lagging = False
 
     def watch(self, job_id: str, exit_file: str | None = None) -> JobHandle:
         """Watch ``job_id``; with ``exit_file`` (the file its job script writes last) its end is
@@ -151,6 +153,8 @@ class JobWatcher:
             # with the exit files watched on the cluster, an end wakes us anyway: back off faster
             grow = 3.0 if self._exits is not None and self._exits.streaming else 1.5
             interval = self.min_interval if changed else min(interval * grow, self.max_interval)
+            if self._lagging:  # a job waits for its accounting record: its result is bounded, not backed off
+                interval, self._lagging = min(interval, 1.0), False
             if self._wake.wait(interval):
                 self._wake.clear()
                 interval = self.min_interval
@@ -191,11 +195,16 @@ class JobWatcher:
             if acct is not None and acct.terminal:
                 h.final, h.state = acct, acct.state
             else:
-                h._lag_ticks += 1
-                if h._lag_ticks < _SACCT_LAG_TICKS:
+                now = time.monotonic()
+                h._lagging_since = h._lagging_since or now
+                if now - h._lagging_since < SACCT_LAG_SECONDS:
+                    self._lagging = True
                     continue
-                log.warning("sacct has no final record of job %s; using squeue's state %s", h.job_id, h.state)
-                h.final = JobAccounting(h.job_id, h.state if h.state in TERMINAL_STATES else "UNKNOWN", "")
+                log.warning("sacct has no final record of job %s after %.0f s; using squeue's state %s, without "
+                            "metrics", h.job_id, SACCT_LAG_SECONDS, h.state)
+                h.final = JobAccounting(h.job_id, h.state if h.state in TERMINAL_STATES else "UNKNOWN", "",
+                                        accounted=False,
+                                        unaccounted_why=f"no sacct record within {SACCT_LAG_SECONDS:g} s")
             h.done.set()
             changed = True
         return changed
