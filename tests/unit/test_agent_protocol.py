@@ -103,3 +103,15 @@ def test_failing_otp_command_is_a_clear_error_without_its_text(tmp_path):
     failing.chmod(0o700)
     with pytest.raises(SSHConnectionError, match="status 3"):
         _answer(SSHSettings(host="h", otp_command=str(failing)), [("Code: ", False)])
+
+
+def test_mixed_prompts_a_person_answers_the_rest_and_a_repeated_password_prompt_is_a_refusal():
+    async def ask(name, instructions, prompts):
+        return ["typed"] * len(prompts)
+
+    settings = SSHSettings(host="h", password="pw")
+    assert _answer(settings, [("Password: ", False), ("Verification code: ", False)], ask)[1] == ["pw", "typed"]
+    answers = LoginAnswers(settings)
+    assert asyncio.run(answers.challenge("", "", [("Password: ", False)])) == ["pw"]
+    assert asyncio.run(answers.challenge("", "", [("Password: ", False)])) is None  # asked again: refused
+    assert "authentication failed" in answers.refused_message("a@h:22", "password")

@@ -8,6 +8,7 @@ import asyncio
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,37 @@ def _recorded(name: str) -> str:
 
 
 class _Recorded(RecordedTransport):
+    """Recorded Slurm answers; file operations are counted, and one can cut the agent's client
+    connections mid-call (as if the agent died while serving it)."""
+
     connected = True
+    cut_during: set[str] = set()
+    server: Agent | None = None
+
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.ran: list[str] = []
+
+    def _maybe_cut(self, op: str) -> None:
+        self.ran.append(op)
+        if op in self.cut_during:
+            self.cut_during.discard(op)
+            assert self.server is not None and self.server.loop is not None
+            for writer in list(self.server._writers):
+                self.server.loop.call_soon_threadsafe(writer.close)
+            time.sleep(0.2)  # the connection is gone before this call would answer
+
+    def mkdir(self, path: str, *, mode: int = 0o755) -> None:
+        self._maybe_cut("mkdir")
+
+    def stat_size(self, path: str) -> int | None:
+        self._maybe_cut("stat_size")
+        return 7
 
     def home(self) -> str:
         return "/home/alice"
 
-    def close(self) -> None:
+    def close(self, **_kw) -> None:
         pass
 
 
@@ -47,6 +73,7 @@ def agent(monkeypatch):
     transport = _Recorded({"squeue": squeue, "sacct": sacct, "false": {"exit_status": 1, "stdout": "",
                                                                      "stderr": "recorded failure"}})
     server = Agent(settings, paths(settings)[0], transport)
+    transport.server = server
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
@@ -81,20 +108,24 @@ def test_errors_cross_the_socket_with_their_type(agent):
     assert client.home() == "/home/alice" and client.absolute("x/y") == "/home/alice/x/y"
 
 
-def test_a_vanished_agent_is_replaced_for_idempotent_calls_only(agent, monkeypatch):
-    settings, server, _transport = agent
+def test_a_call_cut_off_is_replayed_only_when_idempotent(agent):
+    settings, _server, transport = agent
     client = AgentTransport(settings)
-    client.run("true", retry=True)
-    sock = client._idle[0]
-    sock.shutdown(2)  # the pooled connection dies as if the agent were killed
+    transport.cut_during = {"stat_size"}
+    assert client.stat_size("f") == 7  # cut off, replayed on a new connection
+    assert transport.ran == ["stat_size", "stat_size"]
+    transport.cut_during = {"mkdir"}
+    with pytest.raises(SSHConnectionError, match="not repeated"):
+        client.mkdir("claim", mode=0o700)  # a claim that may have taken effect is never sent twice
+    assert transport.ran.count("mkdir") == 1
 
+
+def test_no_agent_and_none_can_start_is_a_clear_error(agent, monkeypatch):
+    settings, server, _transport = agent
     started = []
     monkeypatch.setattr("dagster_slurm.agent.client.ensure_agent", lambda s: started.append(s))
-    client._idle = []  # no pooled socket: the next call reconnects
-    os.rename(server.path, server.path + ".moved")  # nothing listens at the path any more
-    try:
-        with pytest.raises(SSHConnectionError):
-            client.mkdir("claim", mode=0o700)  # ensure_agent 'started' nothing: a clear error, no hang
-        assert started == [settings]
-    finally:
-        os.rename(server.path + ".moved", server.path)
+    client = AgentTransport(settings)
+    client.path = server.path + ".gone"  # nothing listens where it looks
+    with pytest.raises(SSHConnectionError, match="does not answer"):
+        client.mkdir("claim", mode=0o700)
+    assert started == [settings]

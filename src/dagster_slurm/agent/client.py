@@ -21,11 +21,10 @@ from dagster_slurm.agent.spawn import connect, ensure_agent, paths
 from dagster_slurm.config.ssh import SSHSettings
 from dagster_slurm.errors import DagsterSlurmError, SSHConnectionError
 from dagster_slurm.slurm.parse import JobAccounting
-from dagster_slurm.slurm.watcher import JobHandle
+from dagster_slurm.slurm.watcher import POLL_FAILURE_BOUND, JobHandle
 from dagster_slurm.transport.base import CommandResult, ProgressCallback, TransportStats
 
 POOL_KEEP = 8
-_MAX_FAILED_WAITS = 30
 
 
 class AgentTransport:
@@ -51,7 +50,7 @@ class AgentTransport:
         try:
             return connect(self.path)
         except OSError:
-            pass
+            pass  # absent, or busy: ensure_agent waits out a busy one and starts one only where none listens
         try:
             ensure_agent(self.settings)
             return connect(self.path)
@@ -265,7 +264,7 @@ class AgentWatcher:
             return {j: h for j, h in self._jobs.items() if not h.done.is_set()}
 
     def _loop(self) -> None:
-        failures = 0
+        failures, failing_since = 0, 0.0
         while True:
             active = self._active()
             if not active:
@@ -281,13 +280,15 @@ class AgentWatcher:
                 failures = 0
             except DagsterSlurmError as exc:
                 failures += 1
-                if failures >= _MAX_FAILED_WAITS:
+                failing_since = failing_since if failures > 1 else time.monotonic()
+                if time.monotonic() - failing_since > POLL_FAILURE_BOUND:  # the same bound as the watcher's
                     for h in active.values():
                         h.error = exc
                         h.done.set()
                 time.sleep(min(failures, 4) * 0.5)
                 continue
-            missing = [j for j in active if j not in snapshots]
+            with self._lock:  # not a job forgotten while the wait was out
+                missing = [j for j in active if j not in snapshots and j in self._jobs]
             if missing:  # a new agent: tell it about our jobs (their state is found again in squeue/sacct)
                 try:
                     self._register(missing)

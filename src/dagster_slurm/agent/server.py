@@ -39,6 +39,15 @@ SESSION_EXPIRY = 120.0  # a client that has not asked about its jobs for this lo
 WAIT_MAX = 30.0
 
 
+def _peer_uid(sock) -> int | None:
+    """The connecting process's uid (Linux: SO_PEERCRED). Elsewhere None: the 0700 folder is the guard."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
+    return uid
+
+
 def _snapshot(handle: JobHandle) -> dict:
     return {
         "state": handle.state,
@@ -65,6 +74,7 @@ class Agent:
         self.requests = 0
         self.sessions: dict[str, set[str]] = {}
         self.session_seen: dict[str, float] = {}
+        self._sessions_lock = threading.Lock()  # pool threads (watch, forget) and the loop share them
         self.jobs_watched_total = 0
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="agent")
         self.stopping: asyncio.Event | None = None
@@ -83,7 +93,7 @@ class Agent:
             os.unlink(self.path)
         old = os.umask(0o177)
         try:
-            server = await asyncio.start_unix_server(self._client, self.path)
+            server = await asyncio.start_unix_server(self._client, self.path, backlog=1024)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -97,12 +107,13 @@ class Agent:
         server.close()
         for writer in list(self._writers):
             writer.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)  # queued calls never run after a stop
         try:
             if os.path.exists(self.path) and os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
         except OSError:
             pass
-        self.transport.close()
+        self.transport.close(final=True)  # and no re-login by a call still running
 
     def _notify(self) -> None:
         async def wake() -> None:
@@ -113,30 +124,35 @@ class Agent:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for session, seen in list(self.session_seen.items()):
-                if now - seen > SESSION_EXPIRY:
-                    self._drop_session(session)
-            busy = self.inflight or any(self.sessions.values())
-            if busy:
-                self.last_activity = now
-            elif now - self.last_activity > self.settings.agent_idle_timeout:
-                log.info("idle for %.0f s: leaving", self.settings.agent_idle_timeout)
-                self.stopping.set()  # type: ignore[union-attr]
-                return
             try:
-                if os.stat(self.path).st_ino != self._inode:
-                    self.stopping.set()  # type: ignore[union-attr]  # replaced by a newer agent
+                if self._housekeep():
+                    self.stopping.set()  # type: ignore[union-attr]
                     return
-            except FileNotFoundError:
-                self.stopping.set()  # type: ignore[union-attr]
-                return
+            except Exception:  # noqa: BLE001 - housekeeping must outlive any one bad tick
+                log.exception("housekeeping failed; continuing")
+
+    def _housekeep(self) -> bool:
+        """Expire silent sessions; whether to leave (idle, or replaced by a newer agent)."""
+        now = time.monotonic()
+        with self._sessions_lock:
+            expired = [s for s, seen in self.session_seen.items() if now - seen > SESSION_EXPIRY]
+        for session in expired:
+            self._drop_session(session)
+        with self._sessions_lock:
+            busy = self.inflight or any(self.sessions.values())
+        if busy:
+            self.last_activity = now
+        elif now - self.last_activity > self.settings.agent_idle_timeout:
+            log.info("idle for %.0f s: leaving", self.settings.agent_idle_timeout)
+            return True
+        try:
+            return os.stat(self.path).st_ino != self._inode  # replaced by a newer agent
+        except FileNotFoundError:
+            return True
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        if uid != os.getuid():
+        uid = _peer_uid(writer.get_extra_info("socket"))
+        if uid is not None and uid != os.getuid():
             log.warning("refused a client of uid %d (this agent serves uid %d only)", uid, os.getuid())
             writer.write(protocol.encode({"error": {"type": "DagsterSlurmError",
                                                     "message": "this agent serves its own user only"}}))
@@ -171,6 +187,8 @@ class Agent:
             writer.close()
 
     async def _dispatch(self, op: str, a: dict):
+        if op in _LOOP_OPS:  # answered on the loop, never queued behind slow remote calls
+            return _LOOP_OPS[op](self, a)
         if op == "wait":
             return await self._wait(a["session"], a.get("known") or {}, min(float(a.get("timeout", 10)), WAIT_MAX))
         if op in _SYNC_OPS:
@@ -181,30 +199,38 @@ class Agent:
     def watch(self, session: str, jobs: list[str], min_interval: float, max_interval: float,
               exit_files: dict[str, str] | None = None) -> None:
         self.watcher.min_interval, self.watcher.max_interval = min_interval, max_interval
-        held = self.sessions.setdefault(session, set())
-        self.session_seen[session] = time.monotonic()
+        with self._sessions_lock:
+            held = self.sessions.setdefault(session, set())
+            self.session_seen[session] = time.monotonic()
+            new = [job for job in jobs if job not in held]
+            held.update(jobs)
+            self.jobs_watched_total += len(new)
         for job in jobs:
-            if job not in held:
-                held.add(job)
-                self.jobs_watched_total += 1
             self.watcher.watch(job, (exit_files or {}).get(job))
         self.loop.call_soon_threadsafe(self._notify)  # type: ignore[union-attr]
 
     def forget(self, session: str, jobs: list[str]) -> None:
-        held = self.sessions.get(session, set())
-        for job in jobs:
-            held.discard(job)
-            if not any(job in other for other in self.sessions.values()):
-                self.watcher.forget(job)
+        with self._sessions_lock:
+            held = self.sessions.get(session, set())
+            for job in jobs:
+                held.discard(job)
+            unheld = [job for job in jobs if not any(job in other for other in self.sessions.values())]
+        for job in unheld:
+            self.watcher.forget(job)
 
     def _drop_session(self, session: str) -> None:
-        self.forget(session, list(self.sessions.get(session, ())))
-        self.sessions.pop(session, None)
-        self.session_seen.pop(session, None)
+        with self._sessions_lock:
+            jobs = list(self.sessions.get(session, ()))
+        self.forget(session, jobs)
+        with self._sessions_lock:
+            self.sessions.pop(session, None)
+            self.session_seen.pop(session, None)
 
     def _snapshots(self, session: str) -> dict[str, dict]:
+        with self._sessions_lock:
+            jobs = list(self.sessions.get(session, ()))
         out = {}
-        for job in self.sessions.get(session, ()):
+        for job in jobs:
             handle = self.watcher._jobs.get(job)
             if handle is not None:
                 out[job] = _snapshot(handle)
@@ -218,8 +244,10 @@ class Agent:
             while True:
                 self.session_seen[session] = time.monotonic()
                 snapshots = self._snapshots(session)
-                if set(known) - set(snapshots) or any(known.get(job) != stamp(s) for job, s in snapshots.items()):
-                    return snapshots  # (a job the client knows and we do not: it re-registers it)
+                # only the jobs the client asks about count (one it forgot meanwhile must not end the wait);
+                # a job it asks about that we do not hold (a new agent): answer, so it registers it again
+                if any(job not in snapshots or known[job] != stamp(snapshots[job]) for job in known):
+                    return snapshots
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return snapshots
@@ -258,14 +286,17 @@ def _run_later(agent: Agent, a: dict) -> None:
 
 
 def _stop(agent: Agent, a: dict) -> bool:
-    agent.loop.call_soon_threadsafe(agent.stopping.set)  # type: ignore[union-attr]
+    agent.stopping.set()  # type: ignore[union-attr]
     return True
 
 
-_SYNC_OPS = {
+_LOOP_OPS = {
     "hello": lambda ag, a: {"pid": os.getpid(), "version": protocol.VERSION},
     "status": lambda ag, a: ag.status(),
     "stop": _stop,
+}
+
+_SYNC_OPS = {
     "run": _run,
     "run_later": _run_later,
     "home": lambda ag, a: ag.transport.home(),

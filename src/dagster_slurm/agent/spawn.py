@@ -54,29 +54,53 @@ def hello(path: str, timeout: float = 5.0) -> dict:
     return answer["ok"]
 
 
+def absent(exc: BaseException) -> bool:
+    """Whether a failed connect means that no agent listens there (so one may be started in its place).
+    A busy agent (full backlog, slow answer) is not absent: replacing it would cut its calls short."""
+    return isinstance(exc, (FileNotFoundError, ConnectionRefusedError))
+
+
+def agent_answers(path: str, bound: float) -> bool:
+    """True when an agent answers at ``path``; False when none listens; waits out a busy one up to ``bound``."""
+    deadline = time.monotonic() + bound
+    delay = 0.05
+    while True:
+        try:
+            hello(path)
+            return True
+        except OSError as exc:
+            if absent(exc):
+                return False
+            if time.monotonic() + delay > deadline:
+                raise AgentUnavailable(f"the agent at {path} does not answer ({exc}); "
+                                       "`dagster-slurm agent status` shows it") from None
+        except AgentGone:
+            if time.monotonic() + delay > deadline:
+                raise AgentUnavailable(f"the agent at {path} closes connections without answering") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 def ensure_agent(settings: SSHSettings, ask: SyncAsk | None = None) -> str:
     """The socket path of a running agent for ``settings``, started now if there is none.
 
     Raises ``AgentUnavailable`` when no agent can run here, and the login's own error (e.g.
     ``SSHConnectionError``) when the agent could not log in."""
     sock_path, _log, lock_path = paths(settings)
-    try:
-        hello(sock_path)
+    bound = settings.connect_timeout + 10
+    if agent_answers(sock_path, bound):
         return sock_path
-    except (OSError, AgentGone):
-        pass
     try:
         with FileLock(lock_path, timeout=settings.connect_timeout * 2 + 60):
-            try:
-                hello(sock_path)
+            if agent_answers(sock_path, bound):
                 return sock_path  # another process started it while we waited for the lock
-            except (OSError, AgentGone):
-                pass
             start_agent(settings, ask)
-            return sock_path
     except Timeout:
         raise AgentUnavailable(f"another process has been starting the agent for too long (lock {lock_path})") \
             from None
+    if not agent_answers(sock_path, bound):
+        raise AgentUnavailable(f"the agent started but does not answer at {sock_path}")
+    return sock_path
 
 
 def start_agent(settings: SSHSettings, ask: SyncAsk | None = None) -> dict:

@@ -10,7 +10,7 @@ import sys
 import time
 
 from dagster_slurm.agent import protocol
-from dagster_slurm.agent.spawn import connect, ensure_agent, hello, paths
+from dagster_slurm.agent.spawn import absent, connect, ensure_agent, hello, paths
 from dagster_slurm.config.ssh import SSHConnectionResource, SSHSettings
 from dagster_slurm.errors import ConfigurationError
 
@@ -75,6 +75,9 @@ def run_login(args) -> None:
         print(f"Already logged in: agent {status['pid']} holds {status['target']} since "
               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(status['started']))} "
               "(`dagster-slurm login --force` logs in again).")
+        if args.idle_timeout is not None and args.idle_timeout != status["idle_timeout"]:
+            print(f"Its idle timeout stays {status['idle_timeout']:g} s; `dagster-slurm login --force "
+                  f"--idle-timeout {args.idle_timeout:g}s` restarts it with yours.")
         return
     if status is not None:
         _stop(sock_path)
@@ -119,9 +122,16 @@ def run_agent(args) -> None:
     for path in sockets:
         try:
             status = _call(path, "status")
-        except (OSError, protocol.AgentGone):
-            os.unlink(path)
-            print(f"{os.path.basename(path)}: no agent answers (left by one that was killed); removed.")
+        except OSError as exc:
+            if absent(exc):
+                os.unlink(path)
+                print(f"{os.path.basename(path)}: no agent listens (left by one that was killed); removed.")
+            else:
+                print(f"{os.path.basename(path)}: the agent does not answer ({exc}); it may be overloaded. Its log: "
+                      f"{path[: -len('.sock')]}.log")
+            continue
+        except protocol.AgentGone as exc:
+            print(f"{os.path.basename(path)}: the agent closed the connection ({exc}).")
             continue
         if args.agent_command == "stop":
             _stop(path)

@@ -116,8 +116,10 @@ class SSHConnectionResource(dg.ConfigurableResource):
     otp_command: str | None = Field(
         default=None,
         repr=False,
-        description="Command printing a one-time code for keyboard-interactive logins (e.g. `oathtool --totp -b "
-        "...`). Whoever can read it can log in as you with your key: prefer `dagster-slurm login`.",
+        description="Command printing a one-time code for keyboard-interactive logins, run without a shell, e.g. a "
+        "script of yours doing `oathtool --totp -b - < ~/.otp-seed` (a seed given in the command line would be "
+        "visible to other users in `ps`). Whoever can read the seed holds your second factor: prefer "
+        "`dagster-slurm login`.",
     )
 
     @model_validator(mode="before")
@@ -126,7 +128,8 @@ class SSHConnectionResource(dg.ConfigurableResource):
         """A secret written into code ends up in version control and in Dagster's run config. Values
         given as dg.EnvVar, or read from the environment, are fine; the value itself is never shown."""
         if isinstance(data, dict):
-            for name, var in (("password", "PASSWORD"), ("key_passphrase", "KEY_PASSPHRASE")):
+            for name, var in (("password", "PASSWORD"), ("key_passphrase", "KEY_PASSPHRASE"),
+                              ("otp_command", "OTP_COMMAND")):
                 value = data.get(name)
                 if isinstance(value, str) and not isinstance(value, dg.EnvVar) and value \
                         and value not in os.environ.values():

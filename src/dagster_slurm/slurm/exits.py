@@ -33,14 +33,14 @@ while True:
             break
         *lines, buf = (buf + chunk).split(b"\\n")
         for line in lines:
-            text = line.decode()
+            text = line.decode(errors="replace")
             if text[:1] == "+":
                 watch[text[1:]] = 1
             elif text[:1] == "-":
                 watch.pop(text[1:], None)
     for path in list(watch):
         try:
-            with open(path) as fh:
+            with open(path, errors="replace") as fh:
                 code = fh.read().strip()
         except OSError:
             continue
@@ -61,6 +61,7 @@ class ExitWatcher:
         self._stream: Any = None  # a transport's RemoteStream
         self._thread: threading.Thread | None = None
         self._retry_at = 0.0
+        self._restarts = 0
         self.noticed = 0
 
     @property
@@ -142,10 +143,13 @@ class ExitWatcher:
             line = self._stream.readline(1.0)
             if line is None:
                 continue
-            if line == "":
+            if line == "":  # the loop or the connection ended: start again, not at once
                 with self._lock:
                     self._close()
+                self._restarts += 1
+                self._retry_at = time.monotonic() + min(0.5 * 2 ** self._restarts, RETRY_AFTER)
                 continue
+            self._restarts = 0
             path, _, code = line.rstrip("\n").partition("\t")
             with self._lock:
                 job_id = self._paths.pop(path, None)

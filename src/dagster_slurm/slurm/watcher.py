@@ -32,7 +32,8 @@ log = logging.getLogger("dagster_slurm.slurm")
 # How long a job may be terminal/absent in squeue but missing from sacct (accounting lag) before we
 # settle for squeue's word (the result then says its metrics are missing); polls stay <= 1 s meanwhile.
 SACCT_LAG_SECONDS = 10.0
-_MAX_FAILED_TICKS = 30
+# How long polls may fail in a row (controller or connection down) before the waits fail.
+POLL_FAILURE_BOUND = 300.0
 
 
 @dataclass
@@ -126,7 +127,7 @@ class JobWatcher:
 
     def _loop(self) -> None:
         interval = self.min_interval
-        failures = 0
+        failures, failing_since = 0, 0.0
         while True:
             active = self._active()
             if not active:
@@ -140,9 +141,10 @@ class JobWatcher:
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - a failing poll is retried, then reported
                 failures += 1
+                failing_since = failing_since if failures > 1 else time.monotonic()
                 changed = False
-                log.warning("job status poll failed (%d/%d): %s", failures, _MAX_FAILED_TICKS, exc)
-                if failures >= _MAX_FAILED_TICKS:
+                log.warning("job status poll failed (%d in a row): %s", failures, exc)
+                if time.monotonic() - failing_since > POLL_FAILURE_BOUND:
                     for h in active:
                         h.error = exc
                         h.done.set()

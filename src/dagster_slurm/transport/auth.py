@@ -33,6 +33,7 @@ class LoginAnswers:
         self.settings = settings
         self.ask = ask
         self.unanswered: str | None = None  # text of the first prompt nobody could answer
+        self.refused = False  # the server asked again for what we had answered
         self._given: set[str] = set()  # each configured answer is offered once: a refused one is not resent
 
     async def challenge(self, name: str, instructions: str, prompts: Prompts) -> list[str] | None:
@@ -41,7 +42,10 @@ class LoginAnswers:
         answers: list[str] = []
         for text, _echo in prompts:
             asks_password = "password" in text.lower() and not is_code_prompt(text)
-            if asks_password and self.settings.password and "password" not in self._given:
+            if asks_password and self.settings.password:
+                if "password" in self._given:
+                    self.refused = True  # asked again: the password was wrong
+                    return None
                 self._given.add("password")
                 answers.append(self.settings.password)
             elif not asks_password and self.settings.otp_command and "code" not in self._given:
@@ -51,8 +55,9 @@ class LoginAnswers:
                 break
         else:
             return answers
-        if self.ask is not None and not answers:
-            return await self.ask(name, instructions, prompts)
+        if self.ask is not None:  # a person answers whatever the settings cannot
+            rest = await self.ask(name, instructions, prompts[len(answers):])
+            return None if rest is None else answers + list(rest)
         self.unanswered = prompts[len(answers)][0].strip() or "a keyboard-interactive answer"
         return None
 
@@ -91,7 +96,7 @@ class LoginAnswers:
 
     def refused_message(self, who: str, method: str) -> str:
         """The error for a refused login (``who``: user@host:port; ``method``: what we offered)."""
-        if self.unanswered is None:
+        if self.unanswered is None or self.refused:
             return (
                 f"SSH authentication failed for {who} using {method}. "
                 "Check SLURM_EDGE_NODE_USER and SLURM_EDGE_NODE_KEY_PATH / SLURM_EDGE_NODE_PASSWORD "

@@ -36,6 +36,8 @@ from dagster_slurm.transport.shell import RemoteShell, ShellBroken
 log = logging.getLogger("dagster_slurm.transport")
 T = TypeVar("T")
 
+REFUSED_LOGIN_PAUSE = 30.0  # seconds a refused login is answered from memory, not retried on the server
+
 _LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError, BrokenPipeError,
          ConnectionResetError, ShellBroken)
 
@@ -102,6 +104,8 @@ class SSHTransport:
         self._facts: dict[tuple[str, bool], str] = {}
         self.ask: Ask | None = None  # who answers login prompts the settings cannot (dagster-slurm login)
         self._later: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed_for_good = False
+        self._refused: tuple[float, str] | None = None  # (when, why) the last login was refused
 
     # ----------------------------------------------------------------- connection
     def _count(self, **kw: int) -> None:
@@ -242,6 +246,10 @@ class SSHTransport:
         async with self._connect_lock:
             if self._conn is not None and not self._conn.is_closed():
                 return self._conn
+            if self._closed_for_good:
+                raise SSHConnectionError(f"The connection to {self._describe()} was closed for good.")
+            if self._refused is not None and time.monotonic() - self._refused[0] < REFUSED_LOGIN_PAUSE:
+                raise SSHConnectionError(self._refused[1])  # no burst of failed logins (lockouts, bans)
             s = self.settings
             tunnel = None
             if s.jump_host:
@@ -249,7 +257,13 @@ class SSHTransport:
                     self._jump = await self._open(s.jump_host, s.jump_port, s.jump_user or s.user, is_target=False)
                 tunnel = self._jump
             started = time.monotonic()
-            self._conn = await self._open(s.host, s.port, s.user, tunnel)
+            try:
+                self._conn = await self._open(s.host, s.port, s.user, tunnel)
+            except SSHConnectionError as exc:
+                if "authentication failed" in str(exc) or "asks for" in str(exc):
+                    self._refused = (time.monotonic(), str(exc))
+                raise
+            self._refused = None
             self._sftp, self._shells = None, []
             self._count(connections=1)
             log.debug("connected to %s in %.3f s", self._describe(), time.monotonic() - started)
@@ -486,7 +500,9 @@ class SSHTransport:
     def remove(self, path: str) -> None:
         self.run(f"rm -rf -- {shlex.quote(path)}", retry=True)
 
-    def close(self) -> None:
+    def close(self, *, final: bool = False) -> None:
+        """Close the connection; the next call reconnects, unless ``final`` (the agent leaving)."""
+        self._closed_for_good = self._closed_for_good or final
         if self._later is not None:
             self._later.shutdown(wait=True)  # pending clean-ups first
             self._later = None
