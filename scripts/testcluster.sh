@@ -376,6 +376,23 @@ StorageLoc=slurm_acct_db
 EOF
 }
 
+# What both sshd configs share (the key+password one and the key+one-time-code one).
+sshd_common_config() {
+    cat <<EOF
+AuthorizedKeysFile .ssh/authorized_keys
+AllowUsers $TEST_USER
+MaxSessions 64
+MaxStartups 100:30:200
+MaxAuthTries 10
+LoginGraceTime 30
+ClientAliveInterval 30
+X11Forwarding no
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem sftp /usr/lib/openssh/sftp-server
+EOF
+}
+
 write_ssh_files() {
     if [[ ! -s $SSHD_HOSTKEY ]]; then
         ssh-keygen -q -t ed25519 -N '' -C "testcluster-host" -f "$SSHD_HOSTKEY"
@@ -393,17 +410,7 @@ PermitRootLogin no
 PubkeyAuthentication yes
 PasswordAuthentication yes
 KbdInteractiveAuthentication no
-AuthorizedKeysFile .ssh/authorized_keys
-AllowUsers $TEST_USER
-MaxSessions 64
-MaxStartups 100:30:200
-MaxAuthTries 10
-LoginGraceTime 30
-ClientAliveInterval 30
-X11Forwarding no
-PrintMotd no
-AcceptEnv LANG LC_*
-Subsystem sftp /usr/lib/openssh/sftp-server
+$(sshd_common_config)
 EOF
 
     # One known_hosts file for both sshds (same host key).
@@ -446,18 +453,8 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication yes
 AuthenticationMethods publickey,keyboard-interactive
-AuthorizedKeysFile .ssh/authorized_keys
-AllowUsers $TEST_USER
-MaxSessions 64
-MaxStartups 100:30:200
-MaxAuthTries 10
-LoginGraceTime 30
-ClientAliveInterval 30
-X11Forwarding no
-PrintMotd no
-AcceptEnv LANG LC_*
 LogLevel VERBOSE
-Subsystem sftp /usr/lib/openssh/sftp-server
+$(sshd_common_config)
 EOF
 
     # Minimal PAM stack (no pam_loginuid/systemd modules: no systemd, maybe no audit here).

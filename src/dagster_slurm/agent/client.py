@@ -21,7 +21,7 @@ from dagster_slurm.agent.spawn import connect, ensure_agent, paths
 from dagster_slurm.config.ssh import SSHSettings
 from dagster_slurm.errors import DagsterSlurmError, SSHConnectionError
 from dagster_slurm.slurm.parse import JobAccounting
-from dagster_slurm.slurm.watcher import POLL_FAILURE_BOUND, JobHandle
+from dagster_slurm.slurm.watcher import HandleSet, JobHandle, PollFailures
 from dagster_slurm.transport.base import CommandResult, ProgressCallback, TransportStats
 
 POOL_KEEP = 8
@@ -204,22 +204,22 @@ def _still_open(sock: socket.socket) -> bool:
         return False
 
 
-class AgentWatcher:
+class AgentWatcher(HandleSet):
     """The job watcher of this process, backed by the agent's one watcher for the machine.
 
     Same interface as :class:`~dagster_slurm.slurm.watcher.JobWatcher`. One thread long-polls the agent
     for this process's jobs; if the agent is replaced, the jobs are registered again with the new one."""
 
+    thread_name = "dagster-slurm-agent-watch"
+
     def __init__(self, transport: AgentTransport, min_interval: float = 0.1, max_interval: float = 10.0):
+        super().__init__()
         self._transport = transport
         self.min_interval = min_interval
         self.max_interval = max_interval
         self.session = uuid.uuid4().hex
-        self._jobs: dict[str, JobHandle] = {}
         self._known: dict[str, str] = {}
         self._exit_files: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
     def _register(self, jobs: list[str]) -> None:
         with self._lock:
@@ -230,16 +230,11 @@ class AgentWatcher:
 
     def watch(self, job_id: str, exit_file: str | None = None) -> JobHandle:
         with self._lock:
-            handle = self._jobs.get(job_id)
-            if handle is None:
-                handle = self._jobs[job_id] = JobHandle(job_id)
             if exit_file:
                 self._exit_files[job_id] = exit_file
         self._register([job_id])
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="dagster-slurm-agent-watch", daemon=True)
-                self._thread.start()
+            handle, _started = self._handle(job_id)
         return handle
 
     def forget(self, job_id: str) -> None:
@@ -259,33 +254,24 @@ class AgentWatcher:
         except DagsterSlurmError:
             pass
 
-    def _active(self) -> dict[str, JobHandle]:
-        with self._lock:
-            return {j: h for j, h in self._jobs.items() if not h.done.is_set()}
-
     def _loop(self) -> None:
-        failures, failing_since = 0, 0.0
+        failures = PollFailures()
         while True:
-            active = self._active()
-            if not active:
-                with self._lock:
-                    if not [h for h in self._jobs.values() if not h.done.is_set()]:
-                        self._thread = None
-                        return
-                continue
+            handles = self._next_active()
+            if handles is None:
+                return
+            active = {h.job_id: h for h in handles}
             try:
                 snapshots = self._transport.call(
                     "wait", {"session": self.session, "known": {j: self._known.get(j, "") for j in active},
                              "timeout": 10}, timeout=40, replay=True)
-                failures = 0
+                failures.ok()
             except DagsterSlurmError as exc:
-                failures += 1
-                failing_since = failing_since if failures > 1 else time.monotonic()
-                if time.monotonic() - failing_since > POLL_FAILURE_BOUND:  # the same bound as the watcher's
+                if failures.failed():
                     for h in active.values():
                         h.error = exc
                         h.done.set()
-                time.sleep(min(failures, 4) * 0.5)
+                time.sleep(min(failures.count, 4) * 0.5)
                 continue
             with self._lock:  # not a job forgotten while the wait was out
                 missing = [j for j in active if j not in snapshots and j in self._jobs]

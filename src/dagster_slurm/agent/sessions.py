@@ -12,7 +12,7 @@ from dagster_slurm.agent.client import AgentTransport
 from dagster_slurm.agent.protocol import AgentUnavailable
 from dagster_slurm.agent.spawn import ensure_agent
 from dagster_slurm.config.ssh import SSHSettings
-from dagster_slurm.errors import ConfigurationError, SSHConnectionError
+from dagster_slurm.errors import SSHConnectionError
 from dagster_slurm.slurm import watcher as direct_watcher
 from dagster_slurm.transport.ssh import get_transport
 
@@ -25,8 +25,6 @@ _holders: dict[SSHSettings, set[int]] = {}
 
 def transport_for(settings: SSHSettings):
     """This process's transport for ``settings`` (the agent is started or joined on first use)."""
-    if settings.key_path and settings.password:
-        raise ConfigurationError("SSH settings: key_path and password are both set; set only one.")
     with _lock:
         transport = _transports.get(settings)
         if transport is None:

@@ -18,6 +18,15 @@ ShareConnection = Literal["auto", "agent", "direct"]
 ENV_PREFIX = "SLURM_EDGE_NODE_"
 
 
+def check_one_secret(key_path: str | None, password: str | None) -> None:
+    """The one rule: a key or a password, not both."""
+    if key_path and password:
+        raise ConfigurationError(
+            "SSHConnectionResource: both key_path and password are set "
+            f"({ENV_PREFIX}KEY_PATH and {ENV_PREFIX}PASSWORD); set only one of them."
+        )
+
+
 @dataclass(frozen=True)
 class SSHSettings:
     """Resolved, validated connection settings. ``password`` is never printed (see ``__repr__``)."""
@@ -39,6 +48,9 @@ class SSHSettings:
     share_connection: ShareConnection = "auto"
     agent_idle_timeout: float = 600.0
     otp_command: str | None = None  # may hold a secret: never printed, never part of the agent's name
+
+    def __post_init__(self) -> None:
+        check_one_secret(self.key_path, self.password)
 
     def __repr__(self) -> str:
         auth = "password" if self.password else ("key " + self.key_path if self.key_path else "agent/default keys")
@@ -186,11 +198,7 @@ class SSHConnectionResource(dg.ConfigurableResource):
 
     def settings(self) -> SSHSettings:
         """Validate and resolve into the plain settings the transport uses."""
-        if self.key_path and self.password:
-            raise ConfigurationError(
-                "SSHConnectionResource: both key_path and password are set "
-                f"({ENV_PREFIX}KEY_PATH and {ENV_PREFIX}PASSWORD); set only one of them."
-            )
+        check_one_secret(self.key_path, self.password)
         key_path = os.path.expanduser(self.key_path) if self.key_path else None
         if key_path and not os.path.isfile(key_path):
             raise ConfigurationError(

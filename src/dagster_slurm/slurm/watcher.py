@@ -67,15 +67,72 @@ class JobHandle:
             callback()
 
 
-class JobWatcher:
+class PollFailures:
+    """Polls failing in a row. After ``POLL_FAILURE_BOUND`` seconds of them the waits fail: one rule
+    for both watchers (this process's own and the one that asks the connection agent)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._since = 0.0
+
+    def ok(self) -> None:
+        self.count = 0
+
+    def failed(self) -> bool:
+        """Count one failure; whether the bound has passed."""
+        self.count += 1
+        if self.count == 1:
+            self._since = time.monotonic()
+        return time.monotonic() - self._since > POLL_FAILURE_BOUND
+
+
+class HandleSet:
+    """The handles one watcher serves, and its polling thread, which runs while any is not done."""
+
+    thread_name = "dagster-slurm-watcher"
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobHandle] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _handle(self, job_id: str) -> tuple[JobHandle, bool]:
+        """(the handle of ``job_id``, whether the polling thread was started for it). Call with the lock."""
+        handle = self._jobs.get(job_id)
+        if handle is None:
+            handle = self._jobs[job_id] = JobHandle(job_id)
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+            self._thread.start()
+            return handle, True
+        return handle, False
+
+    def _active(self) -> list[JobHandle]:
+        with self._lock:
+            return [h for h in self._jobs.values() if not h.done.is_set()]
+
+    def _next_active(self) -> list[JobHandle] | None:
+        """The handles still waiting, or None when there are none: the polling thread then ends."""
+        while True:
+            active = self._active()
+            if active:
+                return active
+            with self._lock:
+                if not [h for h in self._jobs.values() if not h.done.is_set()]:
+                    self._thread = None
+                    return None
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class JobWatcher(HandleSet):
     def __init__(self, transport: Transport, min_interval: float = 0.1, max_interval: float = 10.0):
+        super().__init__()
         self._transport = transport
         self.min_interval = min_interval
         self.max_interval = max_interval
-        self._jobs: dict[str, JobHandle] = {}
-        self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self.ticks = 0
         self.listeners: list = []  # called (from the watcher's thread) after any change
         self._exits: ExitWatcher | None = None
@@ -90,14 +147,9 @@ class JobWatcher:
                     self._exits = ExitWatcher(self._transport, self._exited)
             self._exits.add(job_id, exit_file)
         with self._lock:
-            handle = self._jobs.get(job_id)
-            if handle is None:
-                handle = self._jobs[job_id] = JobHandle(job_id)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="dagster-slurm-watcher", daemon=True)
-                self._thread.start()  # its first tick polls at once
-                return handle
-        self.poke()
+            handle, started = self._handle(job_id)
+        if not started:  # (a new thread's first tick polls at once)
+            self.poke()
         return handle
 
     def forget(self, job_id: str) -> None:
@@ -121,30 +173,21 @@ class JobWatcher:
         """Poll now and return to the fastest cadence."""
         self._wake.set()
 
-    def _active(self) -> list[JobHandle]:
-        with self._lock:
-            return [h for h in self._jobs.values() if not h.done.is_set()]
-
     def _loop(self) -> None:
         interval = self.min_interval
-        failures, failing_since = 0, 0.0
+        failures = PollFailures()
         while True:
-            active = self._active()
-            if not active:
-                with self._lock:
-                    if not [h for h in self._jobs.values() if not h.done.is_set()]:
-                        self._thread = None
-                        return
-                continue
+            active = self._next_active()
+            if active is None:
+                return
             try:
                 changed = self.tick(active)
-                failures = 0
+                failures.ok()
             except Exception as exc:  # noqa: BLE001 - a failing poll is retried, then reported
-                failures += 1
-                failing_since = failing_since if failures > 1 else time.monotonic()
                 changed = False
-                log.warning("job status poll failed (%d in a row): %s", failures, exc)
-                if time.monotonic() - failing_since > POLL_FAILURE_BOUND:
+                over = failures.failed()
+                log.warning("job status poll failed (%d in a row): %s", failures.count, exc)
+                if over:
                     for h in active:
                         h.error = exc
                         h.done.set()

@@ -23,7 +23,6 @@ import asyncssh
 
 from dagster_slurm.config.ssh import SSHSettings
 from dagster_slurm.errors import (
-    ConfigurationError,
     RemoteCommandError,
     RemoteFileError,
     SSHConnectionError,
@@ -560,8 +559,6 @@ _pool: dict[SSHSettings, SSHTransport] = {}
 def get_transport(settings: SSHSettings) -> SSHTransport:
     """The process-wide direct transport for exactly these settings: one SSH connection per process and
     settings (``agent.sessions`` decides whether a process uses it or the shared agent)."""
-    if settings.key_path and settings.password:
-        raise ConfigurationError("SSH settings: key_path and password are both set; set only one.")
     with _pool_lock:
         transport = _pool.get(settings)
         if transport is None:
