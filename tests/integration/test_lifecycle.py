@@ -150,7 +150,11 @@ def test_terminate_cancels_and_its_reexecution_submits_anew(orchestrator, transp
     job_id = o.wait_job(transport, {"RUNNING"})
     os.killpg(first.pid, signal.SIGINT)  # what Dagster's run termination delivers to the step process
     out, _ = first.communicate(timeout=60)
-    assert o.wait_job(transport, {"CANCELLED"}) == job_id
+    try:
+        assert o.wait_job(transport, {"CANCELLED"}) == job_id
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- orchestrator output:\n{out[-6000:]}\n--- messages:\n"
+                             + "\n".join(o.messages()[-30:])) from None
     assert any(f"cancelling Slurm job {job_id}" in m for m in o.messages()), out[-3000:]
     env_files = transport.run(f"ls {o.env['TEST_REMOTE_BASE']}/runs/*/{o.asset}-*/*/env.sh 2>/dev/null || true")
     assert env_files.stdout.strip() == "", out[-4000:]  # a terminated run leaves no secrets behind

@@ -240,3 +240,49 @@ def test_accounting_lag_is_bounded_in_time_and_said(monkeypatch):
     assert 1.5 <= time.monotonic() - started < 4
     assert handle.final is not None and not handle.final.accounted and handle.final.state == state
     assert "no sacct record within 1.5 s" in handle.final.metadata()["slurm_accounting"]
+
+
+def test_cancel_survives_a_burst_of_termination_signals():
+    """Dagster sends the step process several interrupts on terminate (the run's SIGINT, the executor's
+    forwarded one): scancel must still reach the cluster, once, whatever they interrupt."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from recorded_transport import RecordedTransport
+
+    from dagster_slurm.pipes.waiting import _cancel
+
+    class Slow(RecordedTransport):
+        def run(self, command, **kw):
+            time.sleep(0.3)  # the remote round trip, during which the interrupts arrive
+            return super().run(command, **kw)
+
+    transport = Slow({})
+
+    def interrupts():
+        for _ in range(5):
+            time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGINT)  # real signals: they cut a sleep or a socket wait short
+
+    burst = threading.Thread(target=interrupts)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        burst.start()
+        try:
+            _cancel(transport, "1726", "rm -f -- env.sh")
+        except KeyboardInterrupt:  # one may land after _cancel returned
+            pass
+        while burst.is_alive():
+            try:
+                burst.join(0.05)
+            except KeyboardInterrupt:
+                pass
+        try:
+            time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert transport.commands == ["scancel 1726; rm -f -- env.sh"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -80,13 +81,25 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
     return handle.final
 
 
-def _cancel(transport: Transport, job_id: str, also: str) -> None:
-    """scancel (and ``also``) in one remote command. A second termination signal arriving meanwhile
-    (Dagster's executor forwards one to the step process) must not abort the cancel: it is retried."""
+def _cancel(transport: Transport, job_id: str, also: str, bound: float = 60.0) -> None:
+    """scancel (and ``also``) in one remote command, run on a thread of its own: the termination
+    signals Dagster keeps sending to this process's main thread (the run's SIGINT, then the executor's
+    forwarded one) can interrupt the waiting here, never the cancel itself."""
     command = f"scancel {job_id}" + (f"; {also}" if also else "")
-    for _ in range(3):
+    done = threading.Event()
+
+    def work() -> None:
         try:
             transport.run(command, check=False, timeout=30, retry=True)
-            return
+        except Exception:  # noqa: BLE001 - the wait's own error says what happened to the job
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="dagster-slurm-cancel").start()
+    deadline = time.monotonic() + bound
+    while not done.is_set() and time.monotonic() < deadline:
+        try:
+            done.wait(0.2)
         except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
             continue
