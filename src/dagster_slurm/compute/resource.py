@@ -87,7 +87,7 @@ class ComputeResource(dg.ConfigurableResource):
         "Default: every injected file counts.",
     )
     auto_detect_platform: bool = Field(
-        default=False, description="Ask the edge node (uname -m) for the target platform, once per process."
+        default=False, description="Ask the edge node (uname -m) for the target platform, once per connection agent (or process)."
     )
     pack_platform: str | None = Field(
         default=None, description="Explicit target platform, e.g. 'linux-64'. Wins over auto-detection."

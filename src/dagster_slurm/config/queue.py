@@ -40,7 +40,7 @@ def validate_sbatch_options(options: dict[str, str], setting: str,
                             cluster_options: Callable[[], frozenset[str]] | None = None) -> dict[str, str]:
     """Return ``options`` with keys normalised (no leading dashes). Options the library owns are refused
     with the reason; others must be known to sbatch: this version's list, or (asked only when needed,
-    once per process) the cluster's own ``sbatch --help``."""
+    once per transport) the cluster's own ``sbatch --help``."""
     out: dict[str, str] = {}
     for raw_key, value in options.items():
         key = raw_key.lstrip("-").replace("_", "-")

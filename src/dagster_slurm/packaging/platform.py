@@ -1,4 +1,4 @@
-"""Target platform of the cluster: asked once per process and cluster (``uname -m``)."""
+"""Target platform of the cluster: asked once per agent (or direct connection) and cluster (``uname -m``)."""
 
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ def platform_for_arch(arch: str) -> str:
 
 
 def detect_platform(transport) -> str:
-    """The cluster's platform, from one ``uname -m`` per transport (so per process)."""
+    """The cluster's platform, from one ``uname -m`` per transport (the agent's: once per machine)."""
     return platform_for_arch(probe(transport, "uname -m"))
 
 
 def remote_python_version(transport, remote_python: str) -> str:
-    """``major.minor`` of the cluster's ``remote_python`` (asked once per process)."""
+    """``major.minor`` of the cluster's ``remote_python`` (asked once per transport)."""
     import shlex
 
     out = probe(transport, f"{shlex.quote(remote_python)} -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'",

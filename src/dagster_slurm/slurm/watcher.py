@@ -273,7 +273,7 @@ _watchers_lock = threading.Lock()
 
 
 def watcher_for(transport: Transport, min_interval: float = 0.1, max_interval: float = 10.0) -> JobWatcher:
-    """The single watcher of ``transport`` (one per process and cluster)."""
+    """The single watcher of a direct ``transport`` (one per process and cluster; the agent has its own)."""
     with _watchers_lock:
         watcher = _watchers.get(transport)
         if watcher is None:

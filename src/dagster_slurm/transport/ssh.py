@@ -1,4 +1,5 @@
-"""SSH transport over asyncssh: one connection per process and settings, many channels over it.
+"""SSH transport over asyncssh: one connection per transport (the agent's, or a process's with
+``share_connection="direct"``), many channels over it.
 
 Commands run in pooled long-lived remote shells (``shell.py``); files move over one SFTP session.
 Every call is logged at DEBUG on the ``dagster_slurm.transport`` logger and counted in ``stats``.
