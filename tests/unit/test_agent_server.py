@@ -83,6 +83,15 @@ def agent(monkeypatch):
     loop.call_soon_threadsafe(server.stopping.set)
     thread.join(10)
 
+    async def finish_client_tasks() -> None:  # the connections' handlers, ended by the stop
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+    loop.run_until_complete(finish_client_tasks())
+    loop.close()
+
 
 def test_two_processes_watchers_share_one_poll(agent):
     settings, server, transport = agent
