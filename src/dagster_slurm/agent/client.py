@@ -22,7 +22,13 @@ from dagster_slurm.config.ssh import SSHSettings
 from dagster_slurm.errors import DagsterSlurmError, SSHConnectionError
 from dagster_slurm.slurm.parse import JobAccounting
 from dagster_slurm.slurm.watcher import HandleSet, JobHandle, PollFailures
-from dagster_slurm.transport.base import CommandResult, ProgressCallback, TransportStats
+from dagster_slurm.transport.base import (
+    CommandResult,
+    ProgressCallback,
+    TransportStats,
+    absolute_path,
+    remove_command,
+)
 
 POOL_KEEP = 8
 
@@ -127,9 +133,7 @@ class AgentTransport:
         return self.call("probe", {"command": command, "check": check}, timeout=self._bound(), replay=True)
 
     def absolute(self, path: str) -> str:
-        if path.startswith("~/") or path == "~":
-            path = path[2:]
-        return path if path.startswith("/") else f"{self.home().rstrip('/')}/{path}".rstrip("/")
+        return absolute_path(self.home, path)
 
     def mkdir_p(self, path: str) -> None:
         self._file("mkdir_p", {"path": path})
@@ -176,9 +180,7 @@ class AgentTransport:
         self._file("rename", {"src": src, "dst": dst}, replay=False)
 
     def remove(self, path: str) -> None:
-        import shlex
-
-        self.run(f"rm -rf -- {shlex.quote(path)}", retry=True)
+        self.run(remove_command(path), retry=True)
 
     def close(self) -> None:
         with self._lock:

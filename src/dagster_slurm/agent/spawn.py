@@ -41,14 +41,19 @@ def connect(path: str, timeout: float = 5.0) -> socket.socket:
     return sock
 
 
-def hello(path: str, timeout: float = 5.0) -> dict:
-    """The agent's pid and protocol version; raises OSError/AgentGone when none answers there."""
+def request(path: str, op: str, timeout: float = 5.0) -> dict:
+    """One argument-less request on a connection of its own (hello, status, stop): the raw answer."""
     sock = connect(path, timeout)
     try:
-        protocol.send(sock, {"op": "hello", "args": {}})
-        answer = protocol.receive(sock)
+        protocol.send(sock, {"op": op, "args": {}})
+        return protocol.receive(sock)
     finally:
         sock.close()
+
+
+def hello(path: str, timeout: float = 5.0) -> dict:
+    """The agent's pid and protocol version; raises OSError/AgentGone when none answers there."""
+    answer = request(path, "hello", timeout)
     if "error" in answer:
         raise AgentGone(answer["error"].get("message", "refused"))
     return answer["ok"]

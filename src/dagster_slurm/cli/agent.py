@@ -10,7 +10,7 @@ import sys
 import time
 
 from dagster_slurm.agent import protocol
-from dagster_slurm.agent.spawn import absent, connect, ensure_agent, hello, paths
+from dagster_slurm.agent.spawn import absent, ensure_agent, hello, paths, request
 from dagster_slurm.config.ssh import SSHConnectionResource, SSHSettings
 from dagster_slurm.errors import ConfigurationError
 
@@ -48,12 +48,7 @@ def _with_passphrase(settings: SSHSettings) -> SSHSettings:
 
 
 def _call(path: str, op: str) -> dict:
-    sock = connect(path)
-    try:
-        protocol.send(sock, {"op": op, "args": {}})
-        answer = protocol.receive(sock)
-    finally:
-        sock.close()
+    answer = request(path, op)
     if "error" in answer:
         raise protocol.error_from_wire(answer["error"])
     return answer["ok"]

@@ -54,6 +54,19 @@ class TransportStats:
             del self.command_log[: -self.LOG_KEEP]
 
 
+def absolute_path(home: Callable[[], str], path: str) -> str:
+    """``path`` resolved against the remote home (``~``-prefixed or relative); ``home`` is asked only then."""
+    if path.startswith("~/") or path == "~":
+        path = path[2:]
+    return path if path.startswith("/") else f"{home().rstrip('/')}/{path}".rstrip("/")
+
+
+def remove_command(path: str) -> str:
+    import shlex
+
+    return f"rm -rf -- {shlex.quote(path)}"
+
+
 class Transport(Protocol):
     """Run commands and move files on the cluster. Implemented over SSH by ``SSHTransport``.
 

@@ -14,7 +14,6 @@ import concurrent.futures
 import logging
 import os
 import random
-import shlex
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +28,13 @@ from dagster_slurm.errors import (
     SSHConnectionError,
 )
 from dagster_slurm.transport.auth import Ask, LoginAnswers
-from dagster_slurm.transport.base import CommandResult, ProgressCallback, TransportStats
+from dagster_slurm.transport.base import (
+    CommandResult,
+    ProgressCallback,
+    TransportStats,
+    absolute_path,
+    remove_command,
+)
 from dagster_slurm.transport.loop import run_sync
 from dagster_slurm.transport.shell import RemoteShell, ShellBroken
 
@@ -394,9 +399,7 @@ class SSHTransport:
 
     def absolute(self, path: str) -> str:
         """Resolve ``~``-prefixed or relative paths against the remote home, without a round trip after the first."""
-        if path.startswith("~/") or path == "~":
-            path = path[2:]
-        return path if path.startswith("/") else f"{self.home().rstrip('/')}/{path}".rstrip("/")
+        return absolute_path(self.home, path)
 
     def mkdir_p(self, path: str) -> None:
         self._file_op("mkdir", path, lambda sftp: sftp.makedirs(path, exist_ok=True))
@@ -498,7 +501,7 @@ class SSHTransport:
         self._file_op("rename", src, lambda sftp: sftp.posix_rename(src, dst), retry=False)
 
     def remove(self, path: str) -> None:
-        self.run(f"rm -rf -- {shlex.quote(path)}", retry=True)
+        self.run(remove_command(path), retry=True)
 
     def close(self, *, final: bool = False) -> None:
         """Close the connection; the next call reconnects, unless ``final`` (the agent leaving)."""
