@@ -5,7 +5,6 @@ errors keep their type, and a call to a vanished agent is replayed only when it 
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import threading
 import time
@@ -15,6 +14,7 @@ import pytest
 from recorded_transport import RecordedTransport
 
 from dagster_slurm.agent.client import AgentTransport
+from dagster_slurm.agent.protocol import AgentUnavailable
 from dagster_slurm.agent.server import Agent
 from dagster_slurm.config.ssh import SSHSettings
 from dagster_slurm.errors import RemoteCommandError, SSHConnectionError
@@ -65,7 +65,14 @@ class _Recorded(RecordedTransport):
 def agent(monkeypatch):
     folder = tempfile.mkdtemp(prefix="dsa-u-", dir="/tmp")
     monkeypatch.setenv("DAGSTER_SLURM_RUNTIME_DIR", folder)
-    settings = SSHSettings(host="login.example", user="alice", key_path="/k", agent_idle_timeout=60)
+    # A closed loopback port: nothing here may reach a network, and no real agent is ever started
+    # (a client that found no agent would otherwise start one that logs in).
+    settings = SSHSettings(host="127.0.0.1", port=9, user="alice", key_path="/k", agent_idle_timeout=60)
+
+    def no_real_agent(_settings, *_a):
+        raise AgentUnavailable("the test's agent did not answer (unit tests never start a real one)")
+
+    monkeypatch.setattr("dagster_slurm.agent.client.ensure_agent", no_real_agent)
     from dagster_slurm.agent.spawn import paths
 
     squeue = _recorded("squeue_terminal.txt")
@@ -77,8 +84,7 @@ def agent(monkeypatch):
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
-    while not os.path.exists(server.path):
-        pass
+    assert server.listening.wait(10), "the test's agent never listened"
     yield settings, server, transport
     loop.call_soon_threadsafe(server.stopping.set)
     thread.join(10)

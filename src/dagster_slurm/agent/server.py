@@ -82,6 +82,7 @@ class Agent:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._inode = 0
         self._writers: set[asyncio.StreamWriter] = set()
+        self.listening = threading.Event()  # set once the socket accepts connections (bind alone is not enough)
 
     # ------------------------------------------------------------------ serving
     async def serve(self) -> None:
@@ -98,6 +99,7 @@ class Agent:
             os.umask(old)
         os.chmod(self.path, 0o600)
         self._inode = os.stat(self.path).st_ino
+        self.listening.set()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 self.loop.add_signal_handler(sig, self.stopping.set)
@@ -358,7 +360,7 @@ def main() -> int:
 
     async def run() -> None:
         serving = asyncio.ensure_future(agent.serve())
-        while not os.path.exists(agent.path) and not serving.done():
+        while not agent.listening.is_set() and not serving.done():
             await asyncio.sleep(0.005)
         if serving.done():
             serving.result()
