@@ -7,6 +7,19 @@ from typing import Any
 
 import dagster as dg
 
+AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext | dg.AssetCheckExecutionContext
+
+
+def op_context(context: AnyContext) -> dg.AssetExecutionContext | dg.OpExecutionContext:
+    """The context the rest of the library works with: an asset check's context wraps an op context
+    (it has no assets_def, partition or step accessors of its own)."""
+    if isinstance(context, dg.AssetCheckExecutionContext):
+        return context.op_execution_context
+    if not isinstance(context, (dg.AssetExecutionContext, dg.OpExecutionContext)):
+        raise TypeError(f"compute.run(context=...) needs the asset's, op's or asset check's execution context; "
+                        f"got {type(context).__name__}.")
+    return context
+
 
 def asset_metadata(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> Mapping[str, Any]:
     """Definition metadata of the asset(s) this step materialises (first asset wins per key)."""

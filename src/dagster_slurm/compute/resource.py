@@ -12,7 +12,7 @@ from dagster import PipesClientCompletedInvocation
 from pydantic import Field
 
 from dagster_slurm.agent import hold_transport, release_transport, watcher_for
-from dagster_slurm.compute.context import asset_metadata
+from dagster_slurm.compute.context import AnyContext, asset_metadata, op_context
 from dagster_slurm.compute.environment import PackSettings, resolve_environment
 from dagster_slurm.compute.identity import fingerprint, step_call
 from dagster_slurm.compute.launchers import BashLauncher
@@ -115,7 +115,7 @@ class ComputeResource(dg.ConfigurableResource):
 
     def run(
         self,
-        context: dg.AssetExecutionContext | dg.OpExecutionContext,
+        context: AnyContext,
         payload_path: str | os.PathLike,
         *,
         extra_env: Mapping[str, str] | None = None,
@@ -130,7 +130,8 @@ class ComputeResource(dg.ConfigurableResource):
         """Run ``payload_path`` and stream its Pipes messages into ``context``.
 
         Args:
-            context: The asset or op execution context.
+            context: The asset's, op's or asset check's execution context. In an asset check, return
+                ``compute.run(...).get_asset_check_result()``: the payload's ``report_asset_check``.
             payload_path: Local payload script. Relative paths resolve against the working directory.
             extra_env: Environment variables for the payload (kept out of argv, logs and job scripts).
             extras: Values the payload reads with ``pipes.get_extra(name)``.
@@ -144,6 +145,7 @@ class ComputeResource(dg.ConfigurableResource):
         Returns:
             ``PipesClientCompletedInvocation``; call ``.get_results()``.
         """
+        context = op_context(context)
         launcher = launcher or self.default_launcher
         metadata = asset_metadata(context)
         options = resolve_run_options(
