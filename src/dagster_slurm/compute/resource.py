@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import dagster as dg
@@ -17,6 +18,7 @@ from dagster_slurm.compute.environment import PackSettings, resolve_environment
 from dagster_slurm.compute.identity import fingerprint, step_call
 from dagster_slurm.compute.launchers import BashLauncher
 from dagster_slurm.compute.local import run_local
+from dagster_slurm.compute.local_array import run_local_tasks
 from dagster_slurm.compute.options import RunOptions, resolve_run_options
 from dagster_slurm.config.env import check_env_names
 from dagster_slurm.config.queue import sbatch_options_from_help
@@ -24,7 +26,10 @@ from dagster_slurm.config.run import SlurmRunConfig
 from dagster_slurm.config.slurm import DEFAULT_REMOTE_BASE, SlurmResource
 from dagster_slurm.errors import ConfigurationError, RemoteFileError
 from dagster_slurm.packaging.packer import RemoteLayout
+from dagster_slurm.pipes.array_client import SlurmArrayClient
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
+from dagster_slurm.pipes.tasks import ArrayInvocation, Kind, step_partition_keys
+from dagster_slurm.slurm.array import parse_max_array_size
 from dagster_slurm.slurm.script import job_name, queue_directives
 from dagster_slurm.transport.probes import probe
 
@@ -108,6 +113,17 @@ class ComputeResource(dg.ConfigurableResource):
     remote_python: str = Field(
         default="python3", description="Interpreter on the cluster that uv builds the venv from (uv packer)."
     )
+    array_partitions: bool = Field(
+        default=True,
+        description="A step over a range of partitions (BackfillPolicy.single_run / multi_run) runs as one "
+        "Slurm job array, one task per partition, each with its own partition key. False: one job for the "
+        "whole range (the payload reads pipes.partition_key_range).",
+    )
+    max_concurrent_tasks: int | None = Field(
+        default=None, ge=1,
+        description="Most array tasks running at once (sbatch --array=...%K); in local mode, most "
+        "subprocesses at once (default there: the number of CPUs).",
+    )
     python_version: str | None = Field(
         default=None,
         description="Python version the uv packer resolves for, e.g. '3.11'. Default: that of remote_python.",
@@ -126,8 +142,13 @@ class ComputeResource(dg.ConfigurableResource):
         force_env_push: bool | None = None,
         skip_payload_upload: bool | None = None,
         remote_payload_path: str | None = None,
-    ) -> PipesClientCompletedInvocation:
+        max_concurrent_tasks: int | None = None,
+    ) -> PipesClientCompletedInvocation | ArrayInvocation:
         """Run ``payload_path`` and stream its Pipes messages into ``context``.
+
+        A step over a range of partitions (a single-run backfill) runs one task per partition: a Slurm
+        job array (local mode: subprocesses), each task's ``pipes.partition_key`` its own partition;
+        each partition is recorded with its own task's metadata.
 
         Args:
             context: The asset's, op's or asset check's execution context. In an asset check, return
@@ -141,11 +162,60 @@ class ComputeResource(dg.ConfigurableResource):
                 ``slurm_resources`` asset-metadata key, which wins over ``SlurmResource.queue``.
             config: A ``SlurmRunConfig`` from the launchpad.
             force_env_push, skip_payload_upload, remote_payload_path: explicit overrides (highest precedence).
+            max_concurrent_tasks: for a partition range, overrides ``max_concurrent_tasks``.
 
         Returns:
-            ``PipesClientCompletedInvocation``; call ``.get_results()``.
+            ``PipesClientCompletedInvocation`` (``ArrayInvocation`` for a partition range); call ``.get_results()``.
         """
         context = op_context(context)
+        keys = step_partition_keys(context) if self.array_partitions else None
+        return self._execute(context, payload_path, extra_env=extra_env, extras=extras, launcher=launcher,
+                             resource_requirements=resource_requirements, config=config,
+                             force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
+                             remote_payload_path=remote_payload_path, kind="partitions" if keys else None,
+                             tasks=keys, max_concurrent_tasks=max_concurrent_tasks)
+
+    def map(
+        self,
+        context: AnyContext,
+        payload_path: str | os.PathLike,
+        items: Sequence[Any],
+        *,
+        extra_env: Mapping[str, str] | None = None,
+        extras: Mapping[str, Any] | None = None,
+        launcher: BashLauncher | None = None,
+        resource_requirements: Mapping[str, Any] | None = None,
+        config: SlurmRunConfig | None = None,
+        force_env_push: bool | None = None,
+        skip_payload_upload: bool | None = None,
+        remote_payload_path: str | None = None,
+        max_concurrent_tasks: int | None = None,
+    ) -> ArrayInvocation:
+        """Fan out: run ``payload_path`` once per item, as one Slurm job array (local mode: subprocesses).
+
+        Each task reads its item with ``pipes.get_extra("item")`` (and ``"item_index"``); items must be
+        JSON values. ``get_results()`` gives one materialization with the per-item outcomes; the
+        step fails naming the items whose task failed. ``.outcomes`` holds each item's state, job id
+        and reported results. Other arguments as for :meth:`run`.
+        """
+        items = list(items)
+        if not items:
+            raise ConfigurationError("compute.map(items=...) got no items; pass at least one.")
+        try:
+            json.dumps(items)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"compute.map(items=...): items must be JSON values (they reach each task "
+                                     f"as pipes.get_extra('item')): {exc}") from None
+        return self._execute(op_context(context), payload_path, extra_env=extra_env, extras=extras,
+                             launcher=launcher, resource_requirements=resource_requirements, config=config,
+                             force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
+                             remote_payload_path=remote_payload_path, kind="items", tasks=items,
+                             max_concurrent_tasks=max_concurrent_tasks)
+
+    def _execute(self, context, payload_path, *, extra_env, extras, launcher, resource_requirements, config,
+                 force_env_push, skip_payload_upload, remote_payload_path, kind: Kind | None,
+                 tasks: Sequence[Any] | None, max_concurrent_tasks: int | None):
+        throttle = max_concurrent_tasks or self.max_concurrent_tasks
         launcher = launcher or self.default_launcher
         metadata = asset_metadata(context)
         options = resolve_run_options(
@@ -159,6 +229,9 @@ class ComputeResource(dg.ConfigurableResource):
         extra_env = check_env_names(extra_env or {})
         if self.mode == "local":
             local = self._local_payload(payload)
+            if kind is not None and tasks is not None:
+                return run_local_tasks(context, launcher.command(local, local=True), extra_env, extras, kind,
+                                       tasks, throttle)
             return run_local(context, launcher.command(local, local=True), extra_env, extras)
 
         slurm = self._slurm()
@@ -187,7 +260,8 @@ class ComputeResource(dg.ConfigurableResource):
             folder=folder,
             run_id=context.run_id,
             fingerprint=fingerprint(payload=payload_bytes, command=command, directives=directives,
-                                    env_path=env_path, extras=extras, extra_env=extra_env),
+                                    env_path=env_path, extra_env=extra_env,
+                                    extras={**(extras or {}), "__tasks__": [kind, tasks]} if kind else extras),
             job_name=job_name("dagster", call.readable),
             command=command,
             directives=directives,
@@ -199,6 +273,11 @@ class ComputeResource(dg.ConfigurableResource):
             lease_dir=f"{env_path}/.leases" if env.packed else None,
             sbatch_timeout=slurm.ssh.command_timeout,
         )
+        if kind is not None and tasks is not None:
+            return SlurmArrayClient(transport, watcher, job_timeout=slurm.job_timeout,
+                                    queue_timeout=slurm.queue_timeout).run(
+                context, request, kind=kind, keys_or_items=tasks, extras=extras, max_concurrent=throttle,
+                max_array_size=self._max_array_size(transport, slurm))
         client = SlurmPipesClient(transport, watcher, job_timeout=slurm.job_timeout,
                                   queue_timeout=slurm.queue_timeout, output_poll_max=slurm.output_poll_interval_max)
         return client.run(context=context, request=request, extras=extras)
@@ -224,6 +303,12 @@ class ComputeResource(dg.ConfigurableResource):
                 "scripts/), set remote_payload_path, or unset skip_payload_upload."
             )
         return remote, [], f"{remote}|{attrs[0]}|{attrs[1]}".encode()
+
+    @staticmethod
+    def _max_array_size(transport, slurm: SlurmResource) -> int:
+        """The site's MaxArraySize (asked once per connection agent or process), or the smaller setting."""
+        site = parse_max_array_size(probe(transport, "scontrol show config", check=False))
+        return min(site, slurm.max_array_size) if slurm.max_array_size else site
 
     def _pack_settings(self) -> PackSettings:
         return PackSettings(

@@ -58,6 +58,12 @@ class SlurmResource(dg.ConfigurableResource):
         "and the step fails. Jobs pending for reasons that can never resolve (e.g. PartitionConfig) fail "
         "at once regardless.",
     )
+    max_array_size: int | None = Field(
+        default=None, ge=1,
+        description="Most tasks per job array (partition ranges and compute.map run as arrays). Default: "
+        "the cluster's MaxArraySize (scontrol show config); a smaller value here wins. Larger task counts "
+        "are split into several arrays.",
+    )
 
     @classmethod
     def from_env(cls, **overrides) -> SlurmResource:

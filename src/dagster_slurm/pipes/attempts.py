@@ -76,8 +76,9 @@ class StepCallLedger:
         self._sleep = sleep
 
     # -- deciding
-    def place(self, *, run_id: str, fingerprint: str, job_name: str) -> Placement:
-        """Reattach, adopt, or claim attempt n (its folder created) for the job ``run_id`` wants to run."""
+    def place(self, *, run_id: str, fingerprint: str, job_name: str, present_file: str = "messages.jsonl") -> Placement:
+        """Reattach, adopt, or claim attempt n (its folder created) for the job ``run_id`` wants to run.
+        ``present_file``: the run-folder file whose presence lets a job that completed unobserved be adopted."""
         for _ in range(MAX_ROUNDS):
             exists, attempts, claimed = self._read()
             latest = None
@@ -90,7 +91,7 @@ class StepCallLedger:
             if latest is not None and latest.job_id and latest.reported is None:
                 state = self.job_state(latest.job_id)
             present = state == "COMPLETED" and latest is not None and \
-                self.transport.stat_size(f"{self.folder}/{latest.n}/messages.jsonl") is not None
+                self.transport.stat_size(f"{self.folder}/{latest.n}/{present_file}") is not None
             decision = decide(latest, state, fingerprint, present)
             if decision.action != "submit":
                 assert latest is not None
@@ -103,6 +104,10 @@ class StepCallLedger:
                                                       sbatch_timeout=self.sbatch_timeout), decision)
         raise DagsterSlurmError(f"Could not claim an attempt in {self.folder}: other processes kept claiming "
                                 "first. Is the same step running in several orchestrators at once?")
+
+    def attempts(self) -> dict[int, Attempt]:
+        """The ledger's attempts as recorded (nothing settled or decided)."""
+        return self._read()[1]
 
     def _read(self) -> tuple[bool, dict[int, Attempt], list[int]]:
         """(does the step-call folder exist, its ledger, its claimed attempt numbers)."""
@@ -256,7 +261,8 @@ class StepCallLedger:
                             f"{placement.run_dir}.", "", "NOT_SUBMITTED", "", "")
 
     # -- after the job
-    def report(self, placement: Placement, state: str, *, success: bool, keep: bool) -> None:
+    def report(self, placement: Placement, state: str, *, success: bool, keep: bool,
+               done: list[int] | None = None) -> None:
         """The job ended and this orchestrator consumed it. Success: the step-call folder goes (unless
         kept). Otherwise the ledger says so (a re-execution submits anew) and the logs stay."""
         q = shlex.quote
@@ -265,5 +271,8 @@ class StepCallLedger:
             # after the step's result, not before it: nothing waits for this removal
             self.transport.run_later(f"rm -rf -- {q(self.folder)} ; rmdir {q(parent)} 2>/dev/null ; true")
             return
-        command = append_command(self.folder, {"n": placement.attempt.n, "reported": state})
+        record: dict[str, object] = {"n": placement.attempt.n, "reported": state}
+        if done is not None:  # an array attempt: the tasks that succeeded are not run again
+            record["done"] = sorted(done)
+        command = append_command(self.folder, record)
         self.transport.run(command, check=False, retry=True)

@@ -24,6 +24,7 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
                  job_timeout: float | None, queue_timeout: float | None,
                  cancel_also: str = "", exit_file: str | None = None,
                  on_exit: Callable[[], None] | None = None,
+                 on_tick: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> JobAccounting:
     """Block until ``job_id`` ends and return its accounting.
 
@@ -32,7 +33,8 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
     and the wait fails naming the setting; after ``job_timeout`` the job is left alone. Whenever this
     cancels the job (also on terminate), the shell command ``cancel_also`` runs in the same remote
     command as ``scancel`` (e.g. removing the job's secrets). ``exit_file``: the file the job script
-    writes last, watched on the cluster; ``on_exit`` is called as soon as it appears."""
+    writes last, watched on the cluster; ``on_exit`` is called as soon as it appears. ``on_tick`` is
+    called about twice a second while the job is queued or running (e.g. to collect finished array tasks)."""
     handle = watcher.watch(job_id, exit_file=exit_file)
     if on_exit is not None:
         handle.when_exited(on_exit)
@@ -40,6 +42,8 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
     seen, told_at = ("", ""), started
     try:
         while not handle.wait(0.5):
+            if on_tick is not None:
+                on_tick()
             now = clock()
             state, reason = handle.state, handle.reason if handle.reason not in ("None", "(null)") else ""
             if (state, reason) != seen:

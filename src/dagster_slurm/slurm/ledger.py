@@ -24,6 +24,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dagster_slurm.slurm.array import base_job_id, belongs_to, overall_state
 from dagster_slurm.slurm.parse import (
     JOB_ID,
     TERMINAL_STATES,
@@ -48,6 +49,7 @@ class Attempt:
     job_name: str = ""
     reported: str | None = None  # the outcome an orchestrator reported; None while nobody consumed it
     sbatch_timeout: float = 0.0  # the cluster-side bound its sbatch tries ran under
+    done: tuple[int, ...] = ()  # array attempts: the tasks that succeeded, as reported
 
     def record(self) -> dict[str, object]:
         return {"n": self.n, "job_id": self.job_id, "run_id": self.run_id, "fingerprint": self.fingerprint,
@@ -72,6 +74,8 @@ def parse_ledger(text: str) -> dict[int, Attempt]:
             attempt.sbatch_timeout = float(entry.get("sbatch_timeout") or 0)
         if entry.get("reported"):
             attempt.reported = str(entry["reported"])
+        if isinstance(entry.get("done"), list):
+            attempt.done = tuple(int(i) for i in entry["done"] if isinstance(i, int))
     return attempts
 
 
@@ -186,9 +190,17 @@ def parse_state(stdout: str, job_id: str) -> str | None:
         rows, queue_error = _section(queue, "squeue"), None
     except SlurmUnavailable as exc:
         rows, queue_error = [], exc
-    for row in rows + _section(acct, "sacct"):
+    accounted = _section(acct, "sacct")
+    for row in rows + accounted:
         if len(row) >= 2 and row[0] == job_id:
             return normalise_state(row[1])
+    # an array job: squeue and sacct list its tasks (123_4, 123_[5-9]); one state for all of them
+    queued = [normalise_state(r[1]) for r in rows if len(r) >= 2 and belongs_to(r[0], job_id)]
+    if any(state not in TERMINAL_STATES for state in queued):
+        return overall_state(queued)
+    tasks = [normalise_state(r[1]) for r in accounted if len(r) >= 2 and belongs_to(r[0], job_id)] or queued
+    if tasks:
+        return overall_state(tasks)
     if queue_error is not None:
         raise queue_error
     return None
@@ -223,6 +235,7 @@ def parse_lookup(stdout: str, run_dir: str) -> Lookup:
     for text, tool in ((sections[0], "squeue"), (sections[1], "sacct")):
         for row in _section(text, tool):
             job_id, workdir = row[0], "|".join(row[1:])
+            job_id = base_job_id(job_id)  # an array's tasks are one job
             if workdir.rstrip("/") == run_dir.rstrip("/") and JOB_ID.match(job_id) and job_id not in found:
                 found.append(job_id)
     clock = sections[2].split()

@@ -13,7 +13,8 @@ TERMINAL_STATES = frozenset(
 )
 
 SQUEUE_FORMAT = "%i|%T|%r"
-JOB_ID = re.compile(r"^\d+(_\d+)?$")  # a job id (or array task) as squeue and sacct print it
+# a job id as squeue and sacct print it: 123, an array task 123_4, or an array's pending rest 123_[5-99%8]
+JOB_ID = re.compile(r"^\d+(_\d+|_\[[0-9,%-]+\])?$")
 
 
 def only_unknown_job_ids(errors: list[str]) -> bool:
@@ -85,10 +86,11 @@ def active_jobs_script(ids_expr: str) -> str:
 def parse_active(rest: str) -> tuple[set[str], str | None]:
     """(queued or running job ids, squeue's error or None) from the text after ``ACTIVE|``. A failed
     squeue is never read as "no job is active"; "Invalid job id" (all of them ended) is no failure."""
-    rc, _, listed = rest.partition("|")
-    items = [item for item in listed.split(",") if item]
-    active = {i for i in items if JOB_ID.match(i)}
-    errors = [i for i in items if i not in active]
+    rc, _, text = rest.partition("|")
+    items = re.findall(r"\d+_\[[^\]]*\]|[^,]+", text)  # an array's pending rest may hold commas: 9_[3,7-8]
+    listed = {i for i in items if JOB_ID.match(i)}
+    errors = [i for i in items if i not in listed]
+    active = listed | {i.split("_", 1)[0] for i in listed}  # an array is active while one of its tasks is
     if rc != "0" and not only_unknown_job_ids(errors):
         return active, " ".join(errors) or f"exit status {rc}"
     return active, None

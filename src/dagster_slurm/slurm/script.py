@@ -103,6 +103,18 @@ class JobScript:
     env_file: str | None = None  # sourced first; holds secrets and the Pipes bootstrap (mode 0600)
     activate: str | None = None  # environment activation script, sourced before the payload
     attempt: Mapping[str, object] | None = None  # the ledger record of this attempt, kept as a comment
+    array: str | None = None  # an --array spec: each task writes stdout.<id>.log, stderr.<id>.log, exit_code.<id>
+
+
+def task_env_case(per_task: Mapping[int, Mapping[str, str]]) -> str:
+    """Shell lines for an array job's env file: each task exports its own variables (its Pipes
+    bootstrap), chosen by ``$SLURM_ARRAY_TASK_ID``."""
+    q = shlex.quote
+    lines = ['case "${SLURM_ARRAY_TASK_ID:-}" in']
+    for index, env in sorted(per_task.items()):
+        lines.append(f"{int(index)}) " + "; ".join(f"export {k}={q(str(v))}" for k, v in env.items()) + " ;;")
+    lines.append("esac")
+    return "\n".join(lines) + "\n"
 
 
 def job_name(*parts: str) -> str:
@@ -113,13 +125,16 @@ def job_name(*parts: str) -> str:
 def render_job_script(job: JobScript) -> str:
     q = shlex.quote
     run = job.run_dir.rstrip("/")
+    suffix = ".%a" if job.array else ""
     directives = {
         **job.directives,
         "job-name": job.job_name,
-        "output": f"{run}/stdout.log",
-        "error": f"{run}/stderr.log",
+        "output": f"{run}/stdout{suffix}.log",
+        "error": f"{run}/stderr{suffix}.log",
         "chdir": run,
     }
+    if job.array:
+        directives["array"] = job.array
     for key, value in directives.items():
         if "\n" in str(value) or "\r" in str(value):
             raise ConfigurationError(f"sbatch option {key!r} contains a line break; remove it.")
@@ -140,7 +155,11 @@ def render_job_script(job: JobScript) -> str:
     else:
         lines.append(" ".join(q(arg) for arg in job.command))
         lines.append("rc=$?")
-    lines.append(f'printf "%s\\n" "$rc" > {q(run + "/exit_code.tmp")} && mv -f {q(run + "/exit_code.tmp")} '
-                 f'{q(run + "/exit_code")}')
+    if job.array:
+        exit_file = q(run + "/exit_code.") + '"$SLURM_ARRAY_TASK_ID"'
+        temporary = q(run + "/exit_code.tmp.") + '"$SLURM_ARRAY_TASK_ID"'
+    else:
+        exit_file, temporary = q(run + "/exit_code"), q(run + "/exit_code.tmp")
+    lines.append(f'printf "%s\\n" "$rc" > {temporary} && mv -f {temporary} {exit_file}')
     lines.append('exit "$rc"')
     return "\n".join(lines) + "\n"

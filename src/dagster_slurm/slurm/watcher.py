@@ -15,12 +15,14 @@ import weakref
 from dataclasses import dataclass, field
 
 from dagster_slurm.errors import DagsterSlurmError
+from dagster_slurm.slurm.array import aggregate, belongs_to, overall_state
 from dagster_slurm.slurm.exits import ExitWatcher
 from dagster_slurm.slurm.parse import (
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     TERMINAL_STATES,
     JobAccounting,
+    QueueEntry,
     only_unknown_job_ids,
     parse_sacct,
     parse_squeue,
@@ -217,7 +219,7 @@ class JobWatcher(HandleSet):
         changed = False
         finishing: list[JobHandle] = []
         for h in active:
-            entry = queue.get(h.job_id)
+            entry = queue.get(h.job_id) or _array_entry(queue, h.job_id)
             if entry is not None and (entry.state, entry.reason) != (h.state, h.reason):
                 h.state, h.reason, changed = entry.state, entry.reason, True
             if entry is None or entry.state in TERMINAL_STATES:
@@ -237,6 +239,9 @@ class JobWatcher(HandleSet):
         changed = False
         for h in handles:
             acct = accounting.get(h.job_id)
+            if acct is None:  # an array job: its tasks' records, as one
+                tasks = task_accounting_from(accounting, h.job_id)
+                acct = aggregate(h.job_id, tasks) if tasks and all(a.terminal for a in tasks.values()) else None
             if acct is not None and acct.terminal:
                 h.final, h.state = acct, acct.state
             else:
@@ -266,6 +271,20 @@ class JobWatcher(HandleSet):
             h.final, h.state = JobAccounting(h.job_id, state, "", accounted=False), state
             h.done.set()
         return True
+
+
+def _array_entry(queue: dict[str, QueueEntry], job_id: str) -> QueueEntry | None:
+    """An array job's tasks in squeue (123_4, 123_[5-9%2]) as one entry: the state of the array."""
+    tasks = [e for listed, e in queue.items() if belongs_to(listed, job_id)]
+    if not tasks:
+        return None
+    state = overall_state([e.state for e in tasks])
+    reason = next((e.reason for e in tasks if e.state == state), "")
+    return QueueEntry(job_id, state, reason)
+
+
+def task_accounting_from(accounting: dict[str, JobAccounting], job_id: str) -> dict[str, JobAccounting]:
+    return {listed: a for listed, a in accounting.items() if belongs_to(listed, job_id) and listed != job_id}
 
 
 _watchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
