@@ -25,16 +25,19 @@ SLEEPS = os.path.join(HERE, "..", "payloads", "sleeps.py")
 class Orchestrator:
     """One asset job's orchestrator processes for one test: start, kill -9, re-execute, inspect."""
 
-    def __init__(self, cluster_env, remote_base, pipes_env, home, payload=SLEEPS, seconds=8.0, prefix="sleeper"):
+    def __init__(self, cluster_env, remote_base, pipes_env, home, payload=SLEEPS, seconds=8.0, prefix="sleeper",
+                 script="reexec_job.py", **env):
+        self.script = script
         self.asset = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self.job_name = f"dagster-{self.asset}"
         self.home = str(home)
         self.env = {**os.environ, **cluster_env, "DAGSTER_HOME": self.home, "TEST_ASSET": self.asset,
                     "TEST_PAYLOAD": str(payload), "TEST_SECONDS": str(seconds), "TEST_REMOTE_BASE": remote_base,
-                    "TEST_ENV": pipes_env}
+                    "TEST_ENV": pipes_env, **env}
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
 
     def start(self, mode: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, os.path.join(HERE, "reexec_job.py"), mode], env=self.env,
+        return subprocess.Popen([sys.executable, os.path.join(HERE, self.script), mode], env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
 
@@ -50,7 +53,7 @@ class Orchestrator:
 
     def jobs(self, transport) -> list[tuple[str, str]]:
         """(job id, state) of every job of this test's asset, from sacct."""
-        return jobs_named(transport, f"dagster-{self.asset}")
+        return jobs_named(transport, self.job_name)
 
     def wait_job(self, transport, states, timeout=90) -> str:
         deadline = time.monotonic() + timeout
