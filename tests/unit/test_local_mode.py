@@ -50,3 +50,64 @@ def test_local_failures_are_clear(payload, expected):
     result, _ = _run(_asset(PAYLOADS / payload))
     assert not result.success
     assert expected in result.get_step_failure_events()[0].step_failure_data.error.message
+
+
+DAYS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_date="2026-02-01")
+
+
+def _range_asset(**extras):
+    @dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
+    def daily(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=str(PAYLOADS / "partition.py"), extras=extras).get_results()
+
+    return daily
+
+
+def _run_range(asset, n, **compute_kw):
+    keys = DAYS.get_partition_keys()[:n]
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([asset], resources={"compute": ComputeResource(mode="local", **compute_kw)},
+                            instance=instance, raise_on_error=False,
+                            tags={"dagster/asset_partition_range_start": keys[0],
+                                  "dagster/asset_partition_range_end": keys[-1]})
+    events = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    mats = {e.asset_materialization.partition: e.asset_materialization.metadata for e in events}
+    return result, mats, keys, [e.user_message for e in instance.all_logs(result.run_id)]
+
+
+def test_local_range_runs_one_task_per_partition():
+    result, mats, keys, logs = _run_range(_range_asset(), 5, max_concurrent_tasks=2)
+    assert result.success
+    assert sorted(mats) == keys
+    for key, meta in mats.items():
+        assert meta["key"].value == key and meta["window_start"].value.startswith(key)
+        assert meta["partitions_succeeded"].value == 5
+    assert f"[{keys[2]}] working on {keys[2]}" in logs
+
+
+def test_local_range_with_failures_records_the_others_and_names_the_failed():
+    keys = DAYS.get_partition_keys()[:4]
+    result, mats, _, _ = _run_range(_range_asset(fail=[keys[1]]), 4)
+    assert not result.success
+    assert sorted(mats) == [keys[0], keys[2], keys[3]]
+    error = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert f"1 of 4 partitions failed: {keys[1]}" in error and f"{keys[1]} is broken" in error
+
+
+def test_local_map_gathers_items():
+    @dg.asset
+    def sweep(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.map(context, PAYLOADS / "partition.py", items=[1, 2, 3]).get_results()
+
+    result = dg.materialize([sweep], resources={"compute": ComputeResource(mode="local")})
+    items = result.asset_materializations_for_node("sweep")[0].metadata["items"].value
+    assert [i["metadata"]["key"] for i in items] == ["1", "2", "3"]
+
+
+def test_map_refuses_items_that_are_not_json():
+    @dg.asset
+    def sweep(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.map(context, PAYLOADS / "partition.py", items=[object()]).get_results()
+
+    with pytest.raises(Exception, match="items must be JSON values"):
+        dg.materialize([sweep], resources={"compute": ComputeResource(mode="local")})
