@@ -38,7 +38,13 @@ from dagster_slurm.pipes.tasks import (
 )
 from dagster_slurm.pipes.waiting import wait_for_job
 from dagster_slurm.slurm.array import array_spec, chunk_ranges, expand_spec, spec_of_script, task_accounting
-from dagster_slurm.slurm.parse import SACCT_FIELDS, JobAccounting
+from dagster_slurm.slurm.parse import (
+    SACCT_FIELDS,
+    SQUEUE_FORMAT,
+    TERMINAL_STATES,
+    JobAccounting,
+    parse_squeue,
+)
 from dagster_slurm.slurm.script import JobScript, render_job_script, task_env_case
 from dagster_slurm.slurm.watcher import SACCT_LAG_SECONDS, JobWatcher
 from dagster_slurm.transport.base import Transport
@@ -179,10 +185,14 @@ class SlurmArrayClient:
         for chunk in live:
             assert chunk.job_id is not None
             others = " ".join(c.job_id for c in live if c is not chunk and c.job_id)
-            wait_for_job(context.log, self.watcher, self.transport, chunk.job_id,
-                                 job_timeout=self.job_timeout, queue_timeout=self.queue_timeout,
-                                 cancel_also=(f"scancel {others}; " if others else "") + forget,
-                                 on_tick=collect_finished)
+            while True:
+                wait_for_job(context.log, self.watcher, self.transport, chunk.job_id,
+                             job_timeout=self.job_timeout, queue_timeout=self.queue_timeout,
+                             cancel_also=(f"scancel {others}; " if others else "") + forget,
+                             on_tick=collect_finished)
+                collect_finished()
+                if self._ended(chunk):
+                    break
         self._accounting(live)
         for chunk in live:
             rest = [i for i in chunk.running if i not in chunk.outcomes]
@@ -196,6 +206,16 @@ class SlurmArrayClient:
                         else "FAILED"
         if forget:
             self.transport.run(forget, check=False, retry=True)
+
+    def _ended(self, chunk: _Chunk) -> bool:
+        """Whether every task of the array has ended. squeue may briefly list an array's tasks without its
+        pending rest while Slurm starts the next ones; a task without an exit file is only taken as ended
+        (cancelled, timed out) when squeue lists none of the array's tasks as queued or running."""
+        if all(i in chunk.outcomes for i in chunk.running):
+            return True
+        out = self.transport.run(f"squeue -h -t all -o '{SQUEUE_FORMAT}' -j {chunk.job_id}", check=False, retry=True,
+                                 timeout=30)
+        return not any(e.state not in TERMINAL_STATES for e in parse_squeue(out.stdout).values())
 
     def _accounting(self, chunks: list[_Chunk]) -> None:
         """One sacct for all arrays' tasks; tasks missing from it (accounting lag) are asked again for a
