@@ -2,7 +2,8 @@
 
 1. explicit parameters of ``compute.run(...)``
 2. ``SlurmRunConfig`` values the user set (unset fields are ``None`` and do not count)
-3. asset metadata (``slurm_force_env_push``, ``slurm_skip_payload_upload``, ``slurm_remote_payload_path``)
+3. asset metadata (``slurm_force_env_push``, ``slurm_skip_payload_upload``, ``slurm_remote_payload_path``; the
+   other dagster-slurm's ``skip_slurm_payload_upload`` and ``slurm_payload_path`` count too, ours win)
 4. ``ComputeResource`` defaults (``default_skip_payload_upload``)
 5. built-in defaults (``False``, ``False``, ``None``)
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 OPTION_NAMES = ("force_env_push", "skip_payload_upload", "remote_payload_path")
 METADATA_PREFIX = "slurm_"
+METADATA_ALIASES = {"skip_payload_upload": "skip_slurm_payload_upload", "remote_payload_path": "slurm_payload_path"}
 BUILT_IN: dict[str, Any] = {"force_env_push": False, "skip_payload_upload": False, "remote_payload_path": None}
 
 
@@ -35,7 +37,8 @@ def resolve_run_options(
     layers: list[tuple[str, Mapping[str, Any]]] = [
         ("explicit parameter", explicit),
         ("SlurmRunConfig", {n: getattr(run_config, n, None) for n in OPTION_NAMES} if run_config else {}),
-        ("asset metadata", {n: metadata.get(METADATA_PREFIX + n) for n in OPTION_NAMES}),
+        ("asset metadata", {n: _first(metadata.get(METADATA_PREFIX + n), metadata.get(METADATA_ALIASES.get(n, "")))
+                            for n in OPTION_NAMES}),
         ("ComputeResource default", resource_defaults),
         ("built-in default", BUILT_IN),
     ]
@@ -50,3 +53,7 @@ def resolve_run_options(
             values[name], sources[name] = None, "built-in default"
     return RunOptions(bool(values["force_env_push"]), bool(values["skip_payload_upload"]),
                       values["remote_payload_path"], sources)
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import dagster as dg
 from dagster import PipesClientCompletedInvocation
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dagster_slurm.agent import hold_transport, release_transport, watcher_for
 from dagster_slurm.compute.context import AnyContext, asset_metadata, op_context
@@ -24,13 +24,14 @@ from dagster_slurm.config.env import check_env_names
 from dagster_slurm.config.queue import sbatch_options_from_help
 from dagster_slurm.config.run import SlurmRunConfig
 from dagster_slurm.config.slurm import DEFAULT_REMOTE_BASE, SlurmResource
+from dagster_slurm.config.strict import reject_unknown
 from dagster_slurm.errors import ConfigurationError, RemoteFileError
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.pipes.array_client import SlurmArrayClient
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
 from dagster_slurm.pipes.tasks import ArrayInvocation, Kind, step_partition_keys
 from dagster_slurm.slurm.array import parse_max_array_size
-from dagster_slurm.slurm.script import job_name, queue_directives
+from dagster_slurm.slurm.script import from_extra_slurm_opts, job_name, queue_directives
 from dagster_slurm.transport.probes import probe
 
 RESOURCES_METADATA_KEY = "slurm_resources"
@@ -66,6 +67,12 @@ class ComputeResource(dg.ConfigurableResource):
                                        pre_deployed_env_path="/opt/envs/ml-v1"),
         })
     """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_settings(cls, data):
+        return reject_unknown(cls, data)
+
 
     mode: Literal["local", "slurm"] = Field(
         default="local", description="'local': a subprocess here. 'slurm': a batch job on the cluster."
@@ -143,6 +150,7 @@ class ComputeResource(dg.ConfigurableResource):
         skip_payload_upload: bool | None = None,
         remote_payload_path: str | None = None,
         max_concurrent_tasks: int | None = None,
+        extra_slurm_opts: Mapping[str, Any] | None = None,
     ) -> PipesClientCompletedInvocation | ArrayInvocation:
         """Run ``payload_path`` and stream its Pipes messages into ``context``.
 
@@ -163,6 +171,8 @@ class ComputeResource(dg.ConfigurableResource):
             config: A ``SlurmRunConfig`` from the launchpad.
             force_env_push, skip_payload_upload, remote_payload_path: explicit overrides (highest precedence).
             max_concurrent_tasks: for a partition range, overrides ``max_concurrent_tasks``.
+            extra_slurm_opts: the other dagster-slurm's spelling of per-call Slurm options (``nodes``,
+                ``cpus_per_task``, ``mem``, ``time``, ``gres``, ``qos``, ...); ``resource_requirements`` wins.
 
         Returns:
             ``PipesClientCompletedInvocation`` (``ArrayInvocation`` for a partition range); call ``.get_results()``.
@@ -173,7 +183,7 @@ class ComputeResource(dg.ConfigurableResource):
                              resource_requirements=resource_requirements, config=config,
                              force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
                              remote_payload_path=remote_payload_path, kind="partitions" if keys else None,
-                             tasks=keys, max_concurrent_tasks=max_concurrent_tasks)
+                             tasks=keys, max_concurrent_tasks=max_concurrent_tasks, extra_slurm_opts=extra_slurm_opts)
 
     def map(
         self,
@@ -190,6 +200,7 @@ class ComputeResource(dg.ConfigurableResource):
         skip_payload_upload: bool | None = None,
         remote_payload_path: str | None = None,
         max_concurrent_tasks: int | None = None,
+        extra_slurm_opts: Mapping[str, Any] | None = None,
     ) -> ArrayInvocation:
         """Fan out: run ``payload_path`` once per item, as one Slurm job array (local mode: subprocesses).
 
@@ -210,12 +221,19 @@ class ComputeResource(dg.ConfigurableResource):
                              launcher=launcher, resource_requirements=resource_requirements, config=config,
                              force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
                              remote_payload_path=remote_payload_path, kind="items", tasks=items,
-                             max_concurrent_tasks=max_concurrent_tasks)
+                             max_concurrent_tasks=max_concurrent_tasks, extra_slurm_opts=extra_slurm_opts)
 
     def _execute(self, context, payload_path, *, extra_env, extras, launcher, resource_requirements, config,
                  force_env_push, skip_payload_upload, remote_payload_path, kind: Kind | None,
-                 tasks: Sequence[Any] | None, max_concurrent_tasks: int | None):
+                 tasks: Sequence[Any] | None, max_concurrent_tasks: int | None,
+                 extra_slurm_opts: Mapping[str, Any] | None = None):
         throttle = max_concurrent_tasks or self.max_concurrent_tasks
+        if extra_slurm_opts:
+            alias = from_extra_slurm_opts(extra_slurm_opts)
+            ours = dict(resource_requirements or {})
+            extra = {**dict(alias.get("extra_sbatch_options") or {}),  # type: ignore[call-overload]
+                     **dict(ours.get("extra_sbatch_options") or {})}
+            resource_requirements = {**alias, **ours, **({"extra_sbatch_options": extra} if extra else {})}
         launcher = launcher or self.default_launcher
         metadata = asset_metadata(context)
         options = resolve_run_options(

@@ -6,8 +6,9 @@ import re
 from collections.abc import Callable
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from dagster_slurm.config.strict import reject_unknown
 from dagster_slurm.errors import ConfigurationError
 
 # Long sbatch options a user may pass through ``extra_sbatch_options`` (Slurm 22.05+); options of newer
@@ -62,6 +63,12 @@ def validate_sbatch_options(options: dict[str, str], setting: str,
 class SlurmQueueConfig(dg.Config):
     """What each job asks Slurm for. Per-asset overrides come through ``resource_requirements``
     or the ``slurm_resources`` asset-metadata key (see ``ComputeResource``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_settings(cls, data):
+        return reject_unknown(cls, data)
+
 
     partition: str | None = Field(default=None, description="Partition (queue). Default: the cluster's.")
     time_limit: str = Field(default="01:00:00", description="Wall-clock limit, e.g. '00:30:00'.")

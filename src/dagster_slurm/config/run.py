@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
+
+from dagster_slurm.config.strict import reject_unknown
 
 
 class SlurmRunConfig(dg.Config):
@@ -12,6 +14,12 @@ class SlurmRunConfig(dg.Config):
     Fields left unset (``None``) do not count: asset metadata and ``ComputeResource`` defaults
     then apply. The built-in defaults are ``force_env_push=False`` and ``skip_payload_upload=False``.
     """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_settings(cls, data):
+        return reject_unknown(cls, data)
+
 
     force_env_push: bool | None = Field(
         default=None,

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dagster_slurm.config.queue import SlurmQueueConfig
-from dagster_slurm.config.ssh import SSHConnectionResource
+from dagster_slurm.config.ssh import SSHConnectionResource, _either
+from dagster_slurm.config.strict import reject_unknown
+from dagster_slurm.errors import ConfigurationError
 
 BASE_PATH_ENV = "SLURM_DEPLOYMENT_BASE_PATH"
+QUEUE_ENV = {"partition": "SLURM_PARTITION", "cpus": "SLURM_CPUS", "mem": "SLURM_MEM", "time_limit": "SLURM_TIME"}
 DEFAULT_REMOTE_BASE = "dagster-slurm"  # relative: resolved against the remote home directory
 
 
@@ -25,6 +29,12 @@ class SlurmResource(dg.ConfigurableResource):
             remote_base="/scratch/alice/dagster-slurm",
         )
     """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_settings(cls, data):
+        return reject_unknown(cls, data)
+
 
     ssh: SSHConnectionResource = Field(description="How to reach the edge node.")
     queue: SlurmQueueConfig = Field(
@@ -67,9 +77,18 @@ class SlurmResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls, **overrides) -> SlurmResource:
-        """SSH from ``SLURM_EDGE_NODE_*``, ``remote_base`` from ``SLURM_DEPLOYMENT_BASE_PATH``."""
+        """SSH from ``SLURM_EDGE_NODE_*``, ``remote_base`` from ``SLURM_DEPLOYMENT_BASE_PATH`` (or
+        ``SLURM_REMOTE_BASE``), the queue defaults from ``SLURM_PARTITION``, ``SLURM_CPUS``, ``SLURM_MEM``,
+        ``SLURM_TIME`` when set."""
         kwargs: dict = {"ssh": SSHConnectionResource.from_env()}
-        if os.environ.get(BASE_PATH_ENV):
-            kwargs["remote_base"] = os.environ[BASE_PATH_ENV]
+        base = _either(BASE_PATH_ENV, "SLURM_REMOTE_BASE")
+        if base:
+            kwargs["remote_base"] = base
+        queue: dict[str, Any] = {field: os.environ[var] for field, var in QUEUE_ENV.items() if os.environ.get(var)}
+        if queue:
+            try:
+                kwargs["queue"] = SlurmQueueConfig(**queue)
+            except ValueError as exc:
+                raise ConfigurationError(f"SLURM_PARTITION / SLURM_CPUS / SLURM_MEM / SLURM_TIME: {exc}") from None
         kwargs.update(overrides)
         return cls(**kwargs)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field, model_validator
 
+from dagster_slurm.config.strict import reject_unknown
 from dagster_slurm.errors import ConfigurationError
 
 HostKeyChecking = Literal["strict", "accept-new", "off"]
@@ -75,6 +76,12 @@ class SSHConnectionResource(dg.ConfigurableResource):
                                     key_path="~/.ssh/id_ed25519")
         ssh = SSHConnectionResource.from_env()   # reads SLURM_EDGE_NODE_*
     """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_settings(cls, data):
+        return reject_unknown(cls, data)
+
 
     host: str = Field(description="Hostname or IP of the edge/login node.")
     port: int = Field(default=22, description="SSH port of the edge node.")
@@ -157,6 +164,8 @@ class SSHConnectionResource(dg.ConfigurableResource):
         ``SLURM_EDGE_NODE_{JUMP_HOST,JUMP_USER,JUMP_PORT}``, ``SLURM_EDGE_NODE_{KNOWN_HOSTS,
         HOST_KEY_CHECKING}`` and ``SLURM_EDGE_NODE_{SHARE_CONNECTION,AGENT_IDLE_TIMEOUT,OTP_COMMAND}``. Keyword arguments override them."""
         env = os.environ
+        if prefix and not prefix.endswith("_"):
+            prefix += "_"  # from_env(prefix="SLURM_EDGE_NODE") as the other dagster-slurm spells it
         host = env.get(prefix + "HOST")
         if not host and "host" not in overrides:
             raise ConfigurationError(
@@ -182,6 +191,8 @@ class SSHConnectionResource(dg.ConfigurableResource):
             ("agent_idle_timeout", "AGENT_IDLE_TIMEOUT", float),
         ):
             raw = env.get(prefix + var)
+            if var == "KNOWN_HOSTS":  # the other dagster-slurm's spelling counts too; ours wins
+                raw = _either(prefix + var, prefix + "KNOWN_HOSTS_FILE")
             if raw:
                 try:
                     kwargs[name] = conv(raw)
@@ -230,3 +241,12 @@ class SSHConnectionResource(dg.ConfigurableResource):
             agent_idle_timeout=self.agent_idle_timeout,
             otp_command=self.otp_command,
         )
+
+
+def _either(ours: str, theirs: str) -> str | None:
+    """The value of environment variable ``ours``, else ``theirs`` (the other dagster-slurm's name)."""
+    import logging
+
+    if os.environ.get(ours) and os.environ.get(theirs):
+        logging.getLogger("dagster_slurm.config").debug("%s and %s are both set; using %s", ours, theirs, ours)
+    return os.environ.get(ours) or os.environ.get(theirs)

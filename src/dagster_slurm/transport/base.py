@@ -55,9 +55,19 @@ class TransportStats:
 
 
 def absolute_path(home: Callable[[], str], path: str) -> str:
-    """``path`` resolved against the remote home (``~``-prefixed or relative); ``home`` is asked only then."""
-    if path.startswith("~/") or path == "~":
-        path = path[2:]
+    """``path`` resolved against the remote home (``~``, ``$HOME``/``${HOME}``-prefixed, or relative); ``home``
+    is asked only then. Other ``$`` expressions are refused: nothing here runs a shell to expand them."""
+    for prefix in ("$HOME", "${HOME}", "~"):
+        if path == prefix or path.startswith(prefix + "/"):
+            path = path[len(prefix) + 1:]
+            break
+    if "$" in path:
+        from dagster_slurm.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"The remote path {path!r} holds a shell variable; only a leading ~ or $HOME is expanded (on the "
+            "cluster). Write the path out (e.g. /scratch/alice/dagster) or relative to the home directory."
+        )
     return path if path.startswith("/") else f"{home().rstrip('/')}/{path}".rstrip("/")
 
 

@@ -1,0 +1,81 @@
+"""Settings, environment variables and call arguments as users of the other dagster-slurm spell them (our own
+tests): aliases work, what we do not implement is an error naming what we offer instead."""
+
+import pytest
+
+from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource, SSHConnectionResource
+from dagster_slurm.compute.options import resolve_run_options
+from dagster_slurm.errors import ConfigurationError
+from dagster_slurm.slurm.script import JobScript, from_extra_slurm_opts, queue_directives, render_job_script
+from dagster_slurm.transport.base import absolute_path
+
+
+@pytest.mark.parametrize(("make", "name", "hint"), [
+    (lambda: ComputeResource(mode="local", signal_before_timeout="TERM@60"), "signal_before_timeout", "time_limit"),
+    (lambda: SlurmQueueConfig(session="s"), "session", "own batch job"),
+    (lambda: SSHConnectionResource(host="h", force_tty=True), "force_tty", "dagster-slurm login"),
+    (lambda: SSHConnectionResource(host="h", post_login_command="module load x"), "post_login_command", "activate.sh"),
+    (lambda: SlurmResource(ssh=SSHConnectionResource(host="h"), status_poll_backoff=2), "status_poll_backoff",
+     "poll_interval"),
+    (lambda: ComputeResource(mode="local", pack_on_remote=True), "pack_on_remote", "packer"),
+])
+def test_settings_we_do_not_implement_are_errors(make, name, hint):
+    with pytest.raises(Exception, match=rf"has no setting '{name}' \(.*{hint}") as info:
+        make()
+    assert "Its settings:" in str(info.value)
+
+
+def test_extra_slurm_opts_map_to_our_requirements():
+    opts = from_extra_slurm_opts({"nodes": 2, "cpus_per_task": 4, "mem": "8G", "time": "00:30:00", "gres": "gpu:1",
+                                  "qos": "high", "exclusive": True})
+    directives = queue_directives({"time_limit": "01:00:00", "cpus": 1}, opts)
+    assert directives == {"nodes": "2", "cpus-per-task": "4", "mem": "8G", "time": "00:30:00", "qos": "high",
+                          "gres": "gpu:1", "exclusive": ""}
+    script = render_job_script(JobScript("j", "/r", ["true"], directives))
+    assert "#SBATCH --exclusive\n" in script and "#SBATCH --gres=gpu:1\n" in script
+    with pytest.raises(ConfigurationError, match="unknown sbatch option 'no-such-option'"):
+        queue_directives({}, from_extra_slurm_opts({"no_such_option": 1}))
+
+
+def test_empty_partition_means_the_cluster_default():
+    assert "partition" not in queue_directives(SlurmQueueConfig(partition="").model_dump(), {"partition": ""})
+
+
+def test_their_metadata_keys_for_payload_placement():
+    options = resolve_run_options({}, None, {"skip_slurm_payload_upload": True, "slurm_payload_path": "/x/p.py"}, {})
+    assert options.skip_payload_upload and options.remote_payload_path == "/x/p.py"
+    ours = resolve_run_options({}, None, {"slurm_remote_payload_path": "/ours.py", "slurm_payload_path": "/x.py"}, {})
+    assert ours.remote_payload_path == "/ours.py"
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("$HOME/dagster_runs", "/home/u/dagster_runs"), ("${HOME}/runs", "/home/u/runs"), ("~/r", "/home/u/r"),
+    ("rel", "/home/u/rel"), ("/abs", "/abs"), ("$HOME", "/home/u"),
+])
+def test_remote_paths_expand_home(path, expected):
+    assert absolute_path(lambda: "/home/u", path) == expected
+
+
+def test_other_shell_variables_in_remote_paths_are_refused():
+    with pytest.raises(ConfigurationError, match="only a leading ~ or \\$HOME"):
+        absolute_path(lambda: "/home/u", "$SCRATCH/runs")
+
+
+def test_their_environment_variables(monkeypatch):
+    monkeypatch.setenv("SLURM_EDGE_NODE_HOST", "login")
+    monkeypatch.delenv("SLURM_EDGE_NODE_KNOWN_HOSTS", raising=False)
+    monkeypatch.setenv("SLURM_EDGE_NODE_KNOWN_HOSTS_FILE", "/theirs")
+    for name in ("SLURM_DEPLOYMENT_BASE_PATH", "SLURM_EDGE_NODE_KEY_PATH", "SLURM_EDGE_NODE_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_REMOTE_BASE", "/scratch/u")
+    for var, value in (("SLURM_PARTITION", "gpu"), ("SLURM_CPUS", "4"), ("SLURM_MEM", "8G"), ("SLURM_TIME", "00:10:00")):
+        monkeypatch.setenv(var, value)
+    slurm = SlurmResource.from_env()
+    assert slurm.ssh.known_hosts_file == "/theirs" and slurm.remote_base == "/scratch/u"
+    assert (slurm.queue.partition, slurm.queue.cpus, slurm.queue.mem, slurm.queue.time_limit) == \
+        ("gpu", 4, "8G", "00:10:00")
+    monkeypatch.setenv("SLURM_EDGE_NODE_KNOWN_HOSTS", "/ours")
+    monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", "/ours-base")
+    slurm = SlurmResource.from_env()
+    assert slurm.ssh.known_hosts_file == "/ours" and slurm.remote_base == "/ours-base"  # ours win
+    assert SSHConnectionResource.from_env(prefix="SLURM_EDGE_NODE").host == "login"  # their prefix spelling
