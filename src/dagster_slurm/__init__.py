@@ -1,6 +1,6 @@
 """dagster-slurm: run Dagster assets unchanged on a laptop or as Slurm jobs on an HPC cluster over SSH."""
 
-from dagster_slurm.compute.launchers import BashLauncher
+from dagster_slurm.compute.launchers import BashLauncher, Launcher
 from dagster_slurm.compute.resource import ComputeResource
 from dagster_slurm.config import SlurmQueueConfig, SlurmResource, SlurmRunConfig, SSHConnectionResource
 from dagster_slurm.errors import (
@@ -16,6 +16,7 @@ __all__ = [
     "ComputeResource",
     "ConfigurationError",
     "DagsterSlurmError",
+    "Launcher",
     "RemoteCommandError",
     "SSHConnectionError",
     "SSHConnectionResource",

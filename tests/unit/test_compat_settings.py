@@ -79,3 +79,49 @@ def test_their_environment_variables(monkeypatch):
     slurm = SlurmResource.from_env()
     assert slurm.ssh.known_hosts_file == "/ours" and slurm.remote_base == "/ours-base"  # ours win
     assert SSHConnectionResource.from_env(prefix="SLURM_EDGE_NODE").host == "login"  # their prefix spelling
+
+
+def test_a_launcher_subclass_decides_the_command(tmp_path):
+    import sys
+
+    import dagster as dg
+
+    from dagster_slurm import Launcher
+
+    class MarkingLauncher(Launcher):
+        marker: str
+
+        def command(self, payload, *, local):
+            return [sys.executable, "-c", "import os, runpy, sys; os.environ['MARK'] = sys.argv[1]; "
+                    "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')", self.marker, payload]
+
+    payload = tmp_path / "p.py"
+    payload.write_text("import os\nfrom dagster_pipes import open_dagster_pipes\nwith open_dagster_pipes() as p:\n"
+                       "    p.report_asset_materialization(metadata={'mark': os.environ['MARK']})\n")
+    config = tmp_path / "settings.txt"
+    config.write_text("x")
+
+    @dg.asset
+    def marked(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=str(payload), launcher=MarkingLauncher(marker="m1"),
+                           extra_files=[str(config)]).get_results()
+
+    result = dg.materialize([marked], resources={"compute": ComputeResource(mode="local")})
+    assert result.asset_materializations_for_node("marked")[0].metadata["mark"].value == "m1"
+    with pytest.raises(NotImplementedError, match="must define command"):
+        Launcher().command("p.py", local=True)
+
+
+def test_extra_files_keep_relative_names_and_refuse_reserved_ones(tmp_path, monkeypatch):
+    from dagster_slurm.compute.resource import extra_file_uploads
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "a.yaml").write_text("a: 1")
+    (tmp_path / "env.sh").write_text("")
+    uploads, digest = extra_file_uploads(["conf/a.yaml", str(tmp_path / "conf" / "a.yaml").replace("a.yaml", "a.yaml")])
+    assert [n for _, n in uploads] == ["conf/a.yaml", "a.yaml"] and digest
+    with pytest.raises(ConfigurationError, match="a name the library uses"):
+        extra_file_uploads(["env.sh"])
+    with pytest.raises(ConfigurationError, match="is not a file"):
+        extra_file_uploads(["missing.txt"])

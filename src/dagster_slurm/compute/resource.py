@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -16,7 +18,7 @@ from dagster_slurm.agent import hold_transport, release_transport, watcher_for
 from dagster_slurm.compute.context import AnyContext, asset_metadata, op_context
 from dagster_slurm.compute.environment import PackSettings, resolve_environment
 from dagster_slurm.compute.identity import fingerprint, step_call
-from dagster_slurm.compute.launchers import BashLauncher
+from dagster_slurm.compute.launchers import BashLauncher, Launcher
 from dagster_slurm.compute.local import run_local
 from dagster_slurm.compute.local_array import run_local_tasks
 from dagster_slurm.compute.options import RunOptions, resolve_run_options
@@ -51,6 +53,33 @@ def ensure_base(transport, remote_base: str) -> str:
             ) from None
         _bases_ready.add((id(transport), base))
     return base
+
+
+# names the library writes in a run folder (single jobs and array tasks)
+RESERVED = re.compile(r"^(job\.sh|env\.sh|context(\.\d+)?\.json|messages(\.\d+)?\.jsonl|std(out|err)(\.\d+)?\.log"
+                      r"|exit_code(\.tmp)?(\.\d+)?|\.?sbatch.*|closed)$")
+
+
+def extra_file_uploads(paths: Sequence[str | os.PathLike]) -> tuple[list[tuple[str, str]], bytes]:
+    """(local path, name in the run folder) for each extra file, and what identifies their content. A
+    relative path keeps its relative name; an absolute one its file name."""
+    uploads: list[tuple[str, str]] = []
+    digest = b""
+    for raw in paths:
+        path = os.fspath(raw)
+        if not os.path.isfile(path):
+            raise ConfigurationError(f"extra_files: {path!r} is not a file (looked at {os.path.abspath(path)}). "
+                                     "Pass existing files; relative paths resolve against the working directory.")
+        name = os.path.basename(path) if os.path.isabs(path) else os.path.normpath(path)
+        if name.startswith("..") or RESERVED.match(name.split("/")[0]):
+            raise ConfigurationError(f"extra_files: {path!r} would land at {name!r} in the run folder, which is "
+                                     "outside it or a name the library uses; pass it by an absolute path or rename it.")
+        if any(name == n for _l, n in uploads):
+            raise ConfigurationError(f"extra_files: two files would both be uploaded as {name!r}.")
+        with open(path, "rb") as fh:
+            digest += name.encode() + b"\0" + hashlib.sha256(fh.read()).digest()
+        uploads.append((os.path.abspath(path), name))
+    return uploads, digest
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -120,6 +149,11 @@ class ComputeResource(dg.ConfigurableResource):
     remote_python: str = Field(
         default="python3", description="Interpreter on the cluster that uv builds the venv from (uv packer)."
     )
+    default_extra_files: list[str] | None = Field(
+        default=None,
+        description="Files uploaded beside every payload into its run folder (the job's working directory); "
+        "a relative path keeps its relative name there, an absolute one its file name.",
+    )
     array_partitions: bool = Field(
         default=True,
         description="A step over a range of partitions (BackfillPolicy.single_run / multi_run) runs as one "
@@ -143,7 +177,7 @@ class ComputeResource(dg.ConfigurableResource):
         *,
         extra_env: Mapping[str, str] | None = None,
         extras: Mapping[str, Any] | None = None,
-        launcher: BashLauncher | None = None,
+        launcher: Launcher | None = None,
         resource_requirements: Mapping[str, Any] | None = None,
         config: SlurmRunConfig | None = None,
         force_env_push: bool | None = None,
@@ -151,6 +185,7 @@ class ComputeResource(dg.ConfigurableResource):
         remote_payload_path: str | None = None,
         max_concurrent_tasks: int | None = None,
         extra_slurm_opts: Mapping[str, Any] | None = None,
+        extra_files: Sequence[str | os.PathLike] | None = None,
     ) -> PipesClientCompletedInvocation | ArrayInvocation:
         """Run ``payload_path`` and stream its Pipes messages into ``context``.
 
@@ -173,6 +208,8 @@ class ComputeResource(dg.ConfigurableResource):
             max_concurrent_tasks: for a partition range, overrides ``max_concurrent_tasks``.
             extra_slurm_opts: the other dagster-slurm's spelling of per-call Slurm options (``nodes``,
                 ``cpus_per_task``, ``mem``, ``time``, ``gres``, ``qos``, ...); ``resource_requirements`` wins.
+            extra_files: files uploaded beside the payload (a config, a helper module); adds to
+                ``default_extra_files``. Relative paths keep their relative names in the job's working directory.
 
         Returns:
             ``PipesClientCompletedInvocation`` (``ArrayInvocation`` for a partition range); call ``.get_results()``.
@@ -183,7 +220,8 @@ class ComputeResource(dg.ConfigurableResource):
                              resource_requirements=resource_requirements, config=config,
                              force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
                              remote_payload_path=remote_payload_path, kind="partitions" if keys else None,
-                             tasks=keys, max_concurrent_tasks=max_concurrent_tasks, extra_slurm_opts=extra_slurm_opts)
+                             tasks=keys, max_concurrent_tasks=max_concurrent_tasks, extra_slurm_opts=extra_slurm_opts,
+                             extra_files=extra_files)
 
     def map(
         self,
@@ -193,7 +231,7 @@ class ComputeResource(dg.ConfigurableResource):
         *,
         extra_env: Mapping[str, str] | None = None,
         extras: Mapping[str, Any] | None = None,
-        launcher: BashLauncher | None = None,
+        launcher: Launcher | None = None,
         resource_requirements: Mapping[str, Any] | None = None,
         config: SlurmRunConfig | None = None,
         force_env_push: bool | None = None,
@@ -201,6 +239,7 @@ class ComputeResource(dg.ConfigurableResource):
         remote_payload_path: str | None = None,
         max_concurrent_tasks: int | None = None,
         extra_slurm_opts: Mapping[str, Any] | None = None,
+        extra_files: Sequence[str | os.PathLike] | None = None,
     ) -> ArrayInvocation:
         """Fan out: run ``payload_path`` once per item, as one Slurm job array (local mode: subprocesses).
 
@@ -221,12 +260,14 @@ class ComputeResource(dg.ConfigurableResource):
                              launcher=launcher, resource_requirements=resource_requirements, config=config,
                              force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
                              remote_payload_path=remote_payload_path, kind="items", tasks=items,
-                             max_concurrent_tasks=max_concurrent_tasks, extra_slurm_opts=extra_slurm_opts)
+                             max_concurrent_tasks=max_concurrent_tasks, extra_slurm_opts=extra_slurm_opts,
+                             extra_files=extra_files)
 
     def _execute(self, context, payload_path, *, extra_env, extras, launcher, resource_requirements, config,
                  force_env_push, skip_payload_upload, remote_payload_path, kind: Kind | None,
                  tasks: Sequence[Any] | None, max_concurrent_tasks: int | None,
-                 extra_slurm_opts: Mapping[str, Any] | None = None):
+                 extra_slurm_opts: Mapping[str, Any] | None = None,
+                 extra_files: Sequence[str | os.PathLike] | None = None):
         throttle = max_concurrent_tasks or self.max_concurrent_tasks
         if extra_slurm_opts:
             alias = from_extra_slurm_opts(extra_slurm_opts)
@@ -246,6 +287,7 @@ class ComputeResource(dg.ConfigurableResource):
         payload = os.fspath(payload_path)
         extra_env = check_env_names(extra_env or {})
         if self.mode == "local":
+            extra_file_uploads([*(self.default_extra_files or []), *(extra_files or [])])  # the same checks
             local = self._local_payload(payload)
             if kind is not None and tasks is not None:
                 return run_local_tasks(context, launcher.command(local, local=True), extra_env, extras, kind,
@@ -268,6 +310,9 @@ class ComputeResource(dg.ConfigurableResource):
             self._check_env(transport, env_path)
 
         remote_payload, uploads, payload_bytes = self._place_payload(transport, payload, options, env_path)
+        extra_uploads, extra_digest = extra_file_uploads([*(self.default_extra_files or []), *(extra_files or [])])
+        uploads = [*uploads, *extra_uploads]
+        payload_bytes += extra_digest
         directives = queue_directives(
             slurm.queue.model_dump(),
             {**(metadata.get(RESOURCES_METADATA_KEY) or {}), **(resource_requirements or {})},

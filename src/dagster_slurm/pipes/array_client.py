@@ -155,6 +155,8 @@ class SlurmArrayClient:
             batch.append((context_path, _json(task.context), 0o600))
             per_task[i] = {"DAGSTER_PIPES_CONTEXT": encode_param({"path": context_path}),
                            "DAGSTER_PIPES_MESSAGES": encode_param({"path": files.path(f"messages.{i}.jsonl")})}
+        for folder in sorted({name.rsplit("/", 1)[0] for _local, name in request.uploads if "/" in name}):
+            self.transport.mkdir_p(files.path(folder))  # extra files keep their relative names
         for local, name in request.uploads:
             with open(local, "rb") as fh:
                 batch.append((files.path(name), fh.read(), 0o600))

@@ -151,6 +151,8 @@ class SlurmPipesClient(PipesClient):
         batch: list[tuple[str, bytes, int]] = []
         if context_data is not None:
             batch.append((files.path(CONTEXT_FILE), context_data, 0o600))
+        for folder in sorted({name.rsplit("/", 1)[0] for _local, name in request.uploads if "/" in name}):
+            self.transport.mkdir_p(files.path(folder))  # extra files keep their relative names
         for local, name in request.uploads:
             with open(local, "rb") as fh:
                 batch.append((files.path(name), fh.read(), 0o600))
