@@ -40,3 +40,61 @@ def test_asset_check_on_slurm(slurm, pipes_env, payloads):
     assert checks["rows_positive"].passed is False
     assert checks["rows_positive"].metadata["rows"].value == 0
     assert int(checks["rows_positive"].metadata["slurm_job_id"].value) > 0
+
+
+def _multi(payloads, **run_kw):
+    @dg.multi_asset(specs=[dg.AssetSpec("left"), dg.AssetSpec("right")])
+    def both(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=str(payloads / "reads_file.py"), **run_kw).get_results()
+
+    return both
+
+
+def _compat_run_kw(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "settings.txt").write_text("from-extra-file\n")
+    return {"extras": {"file": "conf/settings.txt"}, "extra_files": ["conf/settings.txt"],
+            "extra_slurm_opts": {"cpus_per_task": 2, "time": "00:05:00", "mem": "200M"}}
+
+
+def test_multi_asset_with_extra_files_and_extra_slurm_opts_local(payloads, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = dg.materialize([_multi(payloads, **_compat_run_kw(tmp_path))],
+                            resources={"compute": ComputeResource(mode="local")})
+    mats = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("both")}
+    assert sorted(mats) == ["left", "right"]
+    assert all(meta["content"].value == "from-extra-file" for meta in mats.values())
+
+
+@pytest.mark.cluster
+def test_multi_asset_with_extra_files_and_extra_slurm_opts_on_slurm(slurm, pipes_env, payloads, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = dg.materialize([_multi(payloads, **_compat_run_kw(tmp_path))], resources={"compute": compute})
+    mats = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("both")}
+    assert sorted(mats) == ["left", "right"]
+    for meta in mats.values():
+        assert meta["content"].value == "from-extra-file" and meta["cpus"].value == "2"
+        assert meta["slurm_partition"].value == meta["partition"].value == "debug"  # the job row's partition
+
+
+@pytest.mark.cluster
+def test_their_metadata_keys_empty_partition_and_home_base(ssh, pipes_env, payloads, transport):
+    from dagster_slurm import SlurmQueueConfig, SlurmResource
+
+    remote = f"{transport.absolute('dagster-slurm-tests')}/compat-report.py"
+    transport.write_bytes(remote, (payloads / "report.py").read_bytes(), mode=0o600)
+    slurm = SlurmResource(ssh=ssh, remote_base="$HOME/dagster-slurm-tests",
+                          queue=SlurmQueueConfig(partition="", mem="256M", time_limit="00:05:00"))
+
+    @dg.asset(metadata={"skip_slurm_payload_upload": True, "slurm_payload_path": remote})
+    def reporter(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path="not-uploaded.py", extras={"foo": 1}).get_results()
+
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = dg.materialize([reporter], resources={"compute": compute})
+    meta = result.asset_materializations_for_node("reporter")[0].metadata
+    assert meta["foo"].value == 1 and meta["partition"].value == "debug"  # the cluster's default partition
+    assert transport.stat_size(transport.absolute("$HOME")) is not None
+    assert transport.listdir(transport.absolute("dagster-slurm-tests")) is not None
+    assert transport.stat_size(transport.absolute("dagster-slurm-tests") + "/$HOME") is None  # no literal $HOME
