@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from agent_scale import BENCH_BASE, PARTITIONED, run_floor
+from agent_scale import BENCH_BASE, run_floor, run_partitions
 from common import load_cluster_env
 
 HERE = Path(__file__).resolve().parent
@@ -79,28 +79,6 @@ def run_array(env: dict, mode: str) -> str:
     return out.stdout.strip().rsplit("\n", 1)[-1] if out.stdout.strip() else "CRASH"
 
 
-def run_per_run(n: int, parallel: int, env: dict, tmp: Path) -> dict:
-    home = dagster_home(tmp)
-    defs = tmp / "partitioned_defs.py"
-    defs.write_text(PARTITIONED)
-    run_env = {**env, "DAGSTER_HOME": str(home), "TEST_PAYLOAD": str(ROOT / "tests" / "payloads" / "trivial.py")}
-    dagster = str(Path(sys.executable).parent / "dagster")
-    failures, running = 0, []
-    for day in days(n):
-        while len(running) >= parallel:
-            for p in list(running):
-                if p.poll() is not None:
-                    running.remove(p)
-                    failures += p.returncode != 0
-            time.sleep(0.05)
-        running.append(subprocess.Popen([dagster, "asset", "materialize", "-f", str(defs), "--select", "daily",
-                                         "--partition", day], env=run_env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL))
-    for p in running:
-        failures += p.wait() != 0
-    return {"jobs": n, "failures": failures}
-
-
 def tasks_of_latest_array(transport, asset: str) -> int:
     out = transport.run("sacct -X -n -P -S now-1hours -o JobID,JobName", retry=True).stdout
     ids = [row.split("|")[0] for row in out.splitlines() if f"dagster-{asset}-" in row]
@@ -140,7 +118,8 @@ def main() -> None:
             status = run_array(array_env(env, tmp, keys, [], ""), "run")
             rec = {"jobs": args.partitions, "failures": 0 if status == "SUCCESS" else 1}
         elif variant == "per_run":
-            rec = run_per_run(args.partitions, args.parallel_runs, env, tmp)
+            rec = run_partitions(args.partitions, args.parallel_runs,
+                                 {**env, "TEST_PAYLOAD": str(ROOT / "tests" / "payloads" / "trivial.py")}, tmp)
         elif variant == "reexec":
             fail = random.sample(keys, args.fail)
             run_env = array_env(env, tmp, keys, fail, f"{base}/markers-{uuid.uuid4().hex}")
