@@ -111,3 +111,14 @@ def test_map_refuses_items_that_are_not_json():
 
     with pytest.raises(Exception, match="items must be JSON values"):
         dg.materialize([sweep], resources={"compute": ComputeResource(mode="local")})
+
+
+def test_no_preview_warning_about_writer_counts():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result, _ = _run(_asset(PAYLOADS / "report.py", extras={"foo": 1}))
+        _run_range(_range_asset(), 2)
+    assert result.success
+    assert not [w for w in caught if "expected_writer_count" in str(w.message)]

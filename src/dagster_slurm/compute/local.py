@@ -16,6 +16,11 @@ from dagster import (
 
 from dagster_slurm.errors import DagsterSlurmError
 from dagster_slurm.pipes.client import NO_PIPES_HINT
+from dagster_slurm.pipes.reader import OneWriter
+
+
+class _TempFileReader(OneWriter, PipesTempFileMessageReader):
+    pass
 
 
 def run_local(
@@ -27,7 +32,7 @@ def run_local(
     with open_pipes_session(
         context=context,
         context_injector=PipesTempFileContextInjector(),
-        message_reader=PipesTempFileMessageReader(),
+        message_reader=_TempFileReader(),
         extras=extras,
     ) as session:
         process = subprocess.Popen(list(command), env={**os.environ, **env, **session.get_bootstrap_env_vars()})

@@ -67,7 +67,16 @@ class TailState:
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
 
 
-class SlurmRunMessageReader(PipesMessageReader):
+class OneWriter:
+    """Mixed into our message readers: one writer per handler. Dagster's own default of this property is a
+    preview API whose warning would land in every step's stderr."""
+
+    @property
+    def expected_writer_count(self) -> int:
+        return 1
+
+
+class SlurmRunMessageReader(OneWriter, PipesMessageReader):
     """A ``PipesMessageReader`` that tails a Slurm run's files on the cluster."""
 
     def __init__(self, transport: Transport, files: RunFiles, *, on_exit: Callable[[], None] = lambda: None,

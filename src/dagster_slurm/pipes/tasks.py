@@ -21,6 +21,7 @@ from dagster import PipesContextInjector, PipesExecutionResult, PipesMessageHand
 from dagster_pipes import PIPES_PROTOCOL_VERSION, PIPES_PROTOCOL_VERSION_FIELD, PipesContextData, PipesParams
 
 from dagster_slurm.errors import SlurmJobError, tail
+from dagster_slurm.pipes.reader import OneWriter
 
 log = logging.getLogger("dagster_slurm.pipes")
 
@@ -73,12 +74,8 @@ class CapturedContext(PipesContextInjector):
         return "Each task had a Pipes context of its own."
 
 
-class TaskMessagesReader(PipesMessageReader):
+class TaskMessagesReader(OneWriter, PipesMessageReader):
     """The session's reader: messages arrive per task (see :class:`TaskMessages`), not through it."""
-
-    @property
-    def expected_writer_count(self) -> int:  # each handler hears one writer (its task)
-        return 1
 
     @contextmanager
     def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
