@@ -118,7 +118,7 @@ def test_no_preview_warning_about_writer_counts():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result, _ = _run(_asset(PAYLOADS / "report.py", extras={"foo": 1}))
+        result, _ = _run(_asset(PAYLOADS / "report.py", extras={"foo": 1}, check=True))
         _run_range(_range_asset(), 2)
     assert result.success
     assert not [w for w in caught if "expected_writer_count" in str(w.message)]
