@@ -1,5 +1,6 @@
 """dagster-slurm: run Dagster assets unchanged on a laptop or as Slurm jobs on an HPC cluster over SSH."""
 
+from dagster_slurm.compute.badge import SLURM_KIND, slurm_asset
 from dagster_slurm.compute.launchers import BashLauncher, Launcher
 from dagster_slurm.compute.resource import ComputeResource
 from dagster_slurm.config import SlurmQueueConfig, SlurmResource, SlurmRunConfig, SSHConnectionResource
@@ -24,4 +25,6 @@ __all__ = [
     "SlurmQueueConfig",
     "SlurmResource",
     "SlurmRunConfig",
+    "SLURM_KIND",
+    "slurm_asset",
 ]

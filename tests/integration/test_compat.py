@@ -85,7 +85,8 @@ def test_their_metadata_keys_empty_partition_and_home_base(ssh, pipes_env, paylo
     remote = f"{transport.absolute('dagster-slurm-tests')}/compat-report.py"
     transport.write_bytes(remote, (payloads / "report.py").read_bytes(), mode=0o600)
     slurm = SlurmResource(ssh=ssh, remote_base="$HOME/dagster-slurm-tests",
-                          queue=SlurmQueueConfig(partition="", mem="256M", time_limit="00:05:00"))
+                          queue=SlurmQueueConfig(partition="", mem="256M", time_limit="00:05:00"),
+                          job_url_template="http://127.0.0.1:9/jobs/{cluster}/{job_id}")
 
     @dg.asset(metadata={"skip_slurm_payload_upload": True, "slurm_payload_path": remote})
     def reporter(context: dg.AssetExecutionContext, compute: ComputeResource):
@@ -95,6 +96,8 @@ def test_their_metadata_keys_empty_partition_and_home_base(ssh, pipes_env, paylo
     result = dg.materialize([reporter], resources={"compute": compute})
     meta = result.asset_materializations_for_node("reporter")[0].metadata
     assert meta["foo"].value == 1 and meta["partition"].value == "debug"  # the cluster's default partition
+    cluster = transport.run("scontrol show config | sed -n 's/^ClusterName *= *//p'").stdout.strip()
+    assert meta["slurm_job_url"].value == f"http://127.0.0.1:9/jobs/{cluster}/{meta['slurm_job_id'].value}"
     assert transport.stat_size(transport.absolute("$HOME")) is not None
     assert transport.listdir(transport.absolute("dagster-slurm-tests")) is not None
     assert transport.stat_size(transport.absolute("dagster-slurm-tests") + "/$HOME") is None  # no literal $HOME

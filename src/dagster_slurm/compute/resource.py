@@ -33,6 +33,7 @@ from dagster_slurm.pipes.array_client import SlurmArrayClient
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
 from dagster_slurm.pipes.tasks import ArrayInvocation, Kind, step_partition_keys
 from dagster_slurm.slurm.array import parse_max_array_size
+from dagster_slurm.slurm.parse import config_value
 from dagster_slurm.slurm.script import from_extra_slurm_opts, job_name, queue_directives
 from dagster_slurm.transport.probes import probe
 
@@ -335,6 +336,8 @@ class ComputeResource(dg.ConfigurableResource):
             metadata={"slurm_environment": env_path, **env.metadata},
             lease_dir=f"{env_path}/.leases" if env.packed else None,
             sbatch_timeout=slurm.ssh.command_timeout,
+            job_url=lambda job_id: slurm.job_url(job_id, config_value(
+                probe(transport, "scontrol show config", check=False), "ClusterName") or ""),
         )
         if kind is not None and tasks is not None:
             return SlurmArrayClient(transport, watcher, job_timeout=slurm.job_timeout,

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import dagster as dg
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dagster_slurm.config.queue import SlurmQueueConfig
 from dagster_slurm.config.ssh import SSHConnectionResource, _either
@@ -68,12 +68,35 @@ class SlurmResource(dg.ConfigurableResource):
         "and the step fails. Jobs pending for reasons that can never resolve (e.g. PartitionConfig) fail "
         "at once regardless.",
     )
+    job_url_template: str | None = Field(
+        default=None,
+        description="A link to each job in your site's web UI (Open OnDemand, Grafana, ...), with {job_id}, "
+        "{cluster} and {user}, e.g. 'https://ood.example.org/pun/sys/dashboard/activejobs?jobid={job_id}'. "
+        "Shown as URL metadata (slurm_job_url).",
+    )
     max_array_size: int | None = Field(
         default=None, ge=1,
         description="Most tasks per job array (partition ranges and compute.map run as arrays). Default: "
         "the cluster's MaxArraySize (scontrol show config); a smaller value here wins. Larger task counts "
         "are split into several arrays.",
     )
+
+    @field_validator("job_url_template")
+    @classmethod
+    def _check_url_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.format(job_id="1", cluster="c", user="u")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigurationError(f"SlurmResource.job_url_template {value!r}: {exc!r}; the placeholders are "
+                                         "{job_id}, {cluster} and {user}.") from None
+        return value
+
+    def job_url(self, job_id: str, cluster: str) -> str | None:
+        """The job's link, or None without a template."""
+        if not self.job_url_template:
+            return None
+        return self.job_url_template.format(job_id=job_id, cluster=cluster, user=self.ssh.user or "")
 
     @classmethod
     def from_env(cls, **overrides) -> SlurmResource:

@@ -14,7 +14,7 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dagster import open_pipes_session
@@ -80,10 +80,12 @@ class SlurmArrayClient:
         self.watcher = watcher
         self.job_timeout = job_timeout
         self.queue_timeout = queue_timeout
+        self._link: Callable[[str], dict[str, object]] = lambda _job_id: {}
 
     def run(self, context, request: SlurmJobRequest, *, kind: Kind, keys_or_items: Sequence[object],
             extras: Mapping[str, object] | None, max_concurrent: int | None,
             max_array_size: int) -> ArrayInvocation:
+        self._link = request.link
         injector, reader = CapturedContext(), TaskMessagesReader()
         with open_pipes_session(context=context, context_injector=injector, message_reader=reader,
                                 extras=extras) as session:
@@ -203,7 +205,7 @@ class SlurmArrayClient:
             for i, outcome in chunk.outcomes.items():  # the accounting arrived after some were collected
                 acct = chunk.accounting.get(i)
                 if acct is not None:
-                    outcome.metadata = acct.metadata()
+                    outcome.metadata = {**acct.metadata(), **self._link(outcome.job_id)}
                     outcome.state = acct.state if outcome.exit_code in (0, None) or acct.state != "COMPLETED" \
                         else "FAILED"
         if forget:
@@ -275,7 +277,8 @@ class SlurmArrayClient:
             chunk.outcomes[i] = TaskOutcome(
                 task, state, job_id=f"{chunk.job_id}_{i}", exit_code=code, opened=messages.opened,
                 results=messages.results(), stderr_tail="\n".join(stderr_lines[-20:]),
-                metadata=acct.metadata() if acct is not None else {"slurm_job_id": f"{chunk.job_id}_{i}"})
+                metadata={**(acct.metadata() if acct is not None else {"slurm_job_id": f"{chunk.job_id}_{i}"}),
+                          **self._link(f"{chunk.job_id}_{i}")})
             outcome = chunk.outcomes[i]
             context.log.info(f"[{task.label}] Slurm task {outcome.job_id} ended "
                              + ("successfully" if outcome.ok else f"{state}, exit status {code}"))

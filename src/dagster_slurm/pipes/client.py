@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,12 @@ class SlurmJobRequest:
     metadata: Mapping[str, object] = field(default_factory=dict)  # added to the materialization
     lease_dir: str | None = None  # a file named after the job id goes here, so gc keeps the env
     sbatch_timeout: float = 120.0  # cluster-side bound of one sbatch call
+    job_url: Callable[[str], str | None] = lambda _job_id: None  # a link to the job in the site's web UI
+
+    def link(self, job_id: str) -> dict[str, object]:
+        """``slurm_job_url`` metadata for ``job_id`` when a link template is set."""
+        url = self.job_url(job_id)
+        return {"slurm_job_url": dg.MetadataValue.url(url)} if url else {}
 
 
 def env_file_text(env: Mapping[str, str]) -> str:
@@ -114,7 +120,7 @@ class SlurmPipesClient(PipesClient):
             finally:
                 if not folder_gone:
                     self.transport.run(forget_secrets, check=False, retry=True)
-        metadata: dict[str, Any] = {**acct.metadata(), **request.metadata}
+        metadata: dict[str, Any] = {**acct.metadata(), **request.metadata, **request.link(job_id)}
         return PipesClientCompletedInvocation(session, metadata=metadata)
 
     # -- steps

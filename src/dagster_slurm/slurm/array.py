@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from dagster_slurm.slurm.parse import TERMINAL_STATES, JobAccounting, parse_sacct
+from dagster_slurm.slurm.parse import TERMINAL_STATES, JobAccounting, config_value, parse_sacct
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default: task ids 0..1000
 TASK_ID = re.compile(r"^(\d+)_(\d+)$")
@@ -69,8 +69,8 @@ def chunk_ranges(count: int, max_array_size: int) -> list[range]:
 
 def parse_max_array_size(scontrol_config: str) -> int:
     """``MaxArraySize = N`` from ``scontrol show config``; Slurm's default when absent."""
-    m = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", scontrol_config, re.M)
-    return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
+    value = config_value(scontrol_config, "MaxArraySize")
+    return int(value) if value and value.isdigit() else DEFAULT_MAX_ARRAY_SIZE
 
 
 def task_accounting(sacct_stdout: str, job_id: str) -> dict[int, JobAccounting]:

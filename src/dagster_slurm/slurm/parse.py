@@ -23,6 +23,12 @@ def only_unknown_job_ids(errors: list[str]) -> bool:
 SACCT_FIELDS = "JobID,State,ExitCode,Elapsed,ElapsedRaw,TotalCPU,MaxRSS,NCPUS,NNodes,Partition,NodeList"
 
 
+def config_value(scontrol_config: str, key: str) -> str | None:
+    """One ``Key = value`` line of ``scontrol show config``."""
+    m = re.search(rf"^\s*{re.escape(key)}\s*=\s*(.*?)\s*$", scontrol_config, re.M)
+    return m.group(1) if m else None
+
+
 def parse_sbatch_job_id(stdout: str) -> str:
     """``sbatch --parsable`` prints ``jobid`` or ``jobid;cluster``."""
     text = stdout.strip().splitlines()[-1] if stdout.strip() else ""
