@@ -112,3 +112,12 @@ def test_array_job_script_runs_each_task_with_its_own_env(tmp_path):
         assert done.returncode == 0
     assert (tmp_path / "who.3").read_text() == "it's three\n" and (tmp_path / "who.0").read_text() == "zero\n"
     assert (tmp_path / "exit_code.3").read_text() == "0\n" and not (tmp_path / "exit_code").exists()
+
+
+def test_a_refusal_for_the_submit_limit_says_what_to_do():
+    from dagster_slurm.slurm.parse import submit_limit_hint
+
+    text = "sbatch: error: QOSMaxSubmitJobPerUserLimit\nsbatch: error: Batch job submission failed: Job violates " \
+           "accounting/QOS policy (job submit limit, user's size and/or time limits)"
+    assert "MaxSubmitJobs" in submit_limit_hint(text) and "max_partitions_per_run" in submit_limit_hint(text)
+    assert submit_limit_hint("sbatch: error: invalid partition specified: nope") == ""

@@ -41,7 +41,7 @@ from dagster_slurm.slurm.ledger import (
     state_command,
     submit_command,
 )
-from dagster_slurm.slurm.parse import is_transient_sbatch_error
+from dagster_slurm.slurm.parse import is_transient_sbatch_error, submit_limit_hint
 from dagster_slurm.slurm.script import attempt_from_script
 from dagster_slurm.transport.base import Transport
 
@@ -239,7 +239,8 @@ class StepCallLedger:
                     )
                 if status not in (-1, 124, 137) and "timed out" not in stderr.lower():
                     if not is_transient_sbatch_error(stderr):
-                        raise ConfigurationError(f"sbatch rejected the job: {stderr or 'no message'}\n{describe_request}")
+                        raise ConfigurationError(f"sbatch rejected the job: {stderr or 'no message'}\n{describe_request}"
+                                                 + submit_limit_hint(stderr))
                     if try_number + 1 == SBATCH_TRIES:
                         raise SlurmJobError(
                             f"sbatch kept failing after {SBATCH_TRIES} attempts: {stderr}. The Slurm "

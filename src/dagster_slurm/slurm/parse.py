@@ -53,6 +53,15 @@ def is_transient_sbatch_error(stderr: str) -> bool:
     return any(marker.lower() in stderr.lower() for marker in _TRANSIENT_SBATCH)
 
 
+def submit_limit_hint(stderr: str) -> str:
+    """What to do when sbatch refused a job for the site's limit on queued jobs (array tasks count)."""
+    if "MaxSubmitJob" in stderr or "MaxSubmit" in stderr or "MaxJobCount" in stderr:
+        return ("\nThe site limits how many jobs you may have queued (MaxSubmitJobs; each array task counts). "
+                "Backfill fewer partitions per run (BackfillPolicy.multi_run(max_partitions_per_run=N)), set "
+                "SlurmResource.max_array_size lower, or wait for queued jobs to finish.")
+    return ""
+
+
 # Pending reasons that cannot resolve on their own: the request exceeds what the partition, account or
 # QOS allows for one job. Each maps to the setting to change.
 _UNRESOLVABLE_REASONS = {
