@@ -425,3 +425,12 @@ def test_transient_sbatch_errors(stderr, transient):
     from dagster_slurm.slurm.parse import is_transient_sbatch_error
 
     assert is_transient_sbatch_error(stderr) is transient
+
+
+def test_partition_missing_right_after_the_end_falls_back_to_the_request():
+    # sacct right after a job completed: slurmdbd has not filled the job row's Partition yet (seen ~2 s)
+    fresh = "1328|COMPLETED|0:0|00:00:00|0|00:00.002||1|1||vm\n1328.batch|COMPLETED|0:0|00:00:00|0|00:00.002|3288K|1|1||vm\n"
+    acct = parse_sacct(fresh)["1328"]
+    assert acct.metadata("batch")["slurm_partition"] == "batch"
+    assert "slurm_partition" not in acct.metadata()  # asked for none (the cluster default): left out, not ""
+    assert parse_sacct(recorded("sacct_completed.txt"))["15"].metadata("batch")["slurm_partition"] == "debug"

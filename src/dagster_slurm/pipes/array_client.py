@@ -81,11 +81,13 @@ class SlurmArrayClient:
         self.job_timeout = job_timeout
         self.queue_timeout = queue_timeout
         self._link: Callable[[str], dict[str, object]] = lambda _job_id: {}
+        self._partition: str | None = None
 
     def run(self, context, request: SlurmJobRequest, *, kind: Kind, keys_or_items: Sequence[object],
             extras: Mapping[str, object] | None, max_concurrent: int | None,
             max_array_size: int) -> ArrayInvocation:
         self._link = request.link
+        self._partition = request.directives.get("partition")
         injector, reader = CapturedContext(), TaskMessagesReader()
         with open_pipes_session(context=context, context_injector=injector, message_reader=reader,
                                 extras=extras) as session:
@@ -205,7 +207,7 @@ class SlurmArrayClient:
             for i, outcome in chunk.outcomes.items():  # the accounting arrived after some were collected
                 acct = chunk.accounting.get(i)
                 if acct is not None:
-                    outcome.metadata = {**acct.metadata(), **self._link(outcome.job_id)}
+                    outcome.metadata = {**acct.metadata(self._partition), **self._link(outcome.job_id)}
                     outcome.state = acct.state if outcome.exit_code in (0, None) or acct.state != "COMPLETED" \
                         else "FAILED"
         if forget:
@@ -277,7 +279,7 @@ class SlurmArrayClient:
             chunk.outcomes[i] = TaskOutcome(
                 task, state, job_id=f"{chunk.job_id}_{i}", exit_code=code, opened=messages.opened,
                 results=messages.results(), stderr_tail="\n".join(stderr_lines[-20:]),
-                metadata={**(acct.metadata() if acct is not None else {"slurm_job_id": f"{chunk.job_id}_{i}"}),
+                metadata={**(acct.metadata(self._partition) if acct is not None else {"slurm_job_id": f"{chunk.job_id}_{i}"}),
                           **self._link(f"{chunk.job_id}_{i}")})
             outcome = chunk.outcomes[i]
             context.log.info(f"[{task.label}] Slurm task {outcome.job_id} ended "

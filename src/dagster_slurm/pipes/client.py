@@ -120,7 +120,8 @@ class SlurmPipesClient(PipesClient):
             finally:
                 if not folder_gone:
                     self.transport.run(forget_secrets, check=False, retry=True)
-        metadata: dict[str, Any] = {**acct.metadata(), **request.metadata, **request.link(job_id)}
+        metadata: dict[str, Any] = {**acct.metadata(request.directives.get("partition")), **request.metadata,
+                                    **request.link(job_id)}
         return PipesClientCompletedInvocation(session, metadata=metadata)
 
     # -- steps

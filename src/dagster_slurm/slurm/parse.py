@@ -164,7 +164,10 @@ class JobAccounting:
         cpu_time = self.elapsed_seconds * self.ncpus
         return min(self.total_cpu_seconds / cpu_time, 1.0) if cpu_time > 0 else None
 
-    def metadata(self) -> dict[str, object]:
+    def metadata(self, requested_partition: str | None = None) -> dict[str, object]:
+        """Dagster metadata. slurmdbd fills a job row's Partition only ~2 s after the job completed
+        (measured: empty in sacct right after the end), so an empty one falls back to the partition the job
+        asked for, and is left out when that is the cluster's default."""
         if not self.accounted:
             return {"slurm_job_id": self.job_id, "slurm_state": self.state,
                     "slurm_accounting": f"unavailable ({self.unaccounted_why}): no metrics"}
@@ -176,9 +179,11 @@ class JobAccounting:
             "slurm_elapsed_seconds": self.elapsed_seconds,
             "slurm_node_hours": round(self.node_hours, 6),
             "slurm_cpus": self.ncpus,
-            "slurm_partition": self.partition,
+            "slurm_partition": self.partition or requested_partition or "",
             "slurm_nodes": self.nodelist,
         }
+        if not meta["slurm_partition"]:
+            del meta["slurm_partition"]
         if self.cpu_efficiency is not None:
             meta["slurm_cpu_efficiency"] = round(self.cpu_efficiency, 4)
         if self.max_rss_bytes is not None:
