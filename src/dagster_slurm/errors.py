@@ -56,14 +56,15 @@ class RemoteFileError(DagsterSlurmError):
 class SlurmJobError(DagsterSlurmError):
     """A Slurm job ended in a state other than COMPLETED, or the payload failed."""
 
-    def __init__(self, description: str, job_id: str, state: str, exit_code: str, stderr_tail: str):
+    def __init__(self, description: str, job_id: str, state: str, exit_code: str, stderr_tail: str,
+                 metadata: dict | None = None):
         self.job_id = job_id
         self.state = state
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
         super().__init__(
             description,
-            metadata={"slurm_job_id": job_id, "slurm_state": state, "slurm_exit_code": exit_code},
+            metadata={"slurm_job_id": job_id, "slurm_state": state, "slurm_exit_code": exit_code, **(metadata or {})},
         )
 
 

@@ -78,6 +78,12 @@ def test_failing_payload_reports_state_exit_code_and_stderr(slurm, pipes_env, pa
     text = str(failure.message) + "".join(c.error.message for c in (failure.cause,) if c) if failure else ""
     assert "FAILED" in text and "3:0" in text
     assert "disk on fire" in text
+    meta = result.get_step_failure_events()[0].step_failure_data.user_failure_data.metadata
+    assert meta["slurm_state"].value == "FAILED" and isinstance(meta["slurm_elapsed_seconds"].value, int)
+    assert meta["slurm_max_rss_bytes"].value > 0 and "slurm_node_hours" in meta
+    run_dir = meta["slurm_run_folder"].value
+    assert isinstance(meta["slurm_stderr"], dg.PathMetadataValue) and meta["slurm_stderr"].value == f"{run_dir}/stderr.log"
+    assert meta["slurm_stdout"].value == f"{run_dir}/stdout.log"
 
 
 def test_failed_run_keeps_its_logs_private_and_drops_its_env_file(slurm, pipes_env, payloads, transport):

@@ -111,7 +111,9 @@ class SlurmPipesClient(PipesClient):
             try:  # the job has ended: from here on its secrets go, whatever happens
                 reader.drain()
                 try:
-                    self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files)
+                    self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files,
+                                            {**acct.metadata(request.directives.get("partition")),
+                                             **request.link(job_id)})
                 except SlurmJobError:
                     ledger.report(placement, acct.state, success=False, keep=True)
                     raise
@@ -179,7 +181,12 @@ class SlurmPipesClient(PipesClient):
         self.transport.write_many(batch)
 
     def _raise_for_outcome(self, acct: JobAccounting, reader: SlurmRunMessageReader, opened: bool,
-                           files: RunFiles) -> None:
+                           files: RunFiles, metadata: dict[str, Any]) -> None:
+        """Raise unless the job and its payload succeeded. The failure carries the job's figures and, as
+        path metadata, the run folder and the logs kept on the cluster."""
+        metadata = {**metadata, "slurm_run_folder": dg.MetadataValue.path(files.run_dir),
+                    "slurm_stdout": dg.MetadataValue.path(files.stdout),
+                    "slurm_stderr": dg.MetadataValue.path(files.stderr)}
         stderr_tail = tail("\n".join(reader.state.stderr_tail))
         payload_rc = reader.state.exit_code
         if acct.state == "COMPLETED" and payload_rc in (0, None) and opened:
@@ -188,7 +195,7 @@ class SlurmPipesClient(PipesClient):
             return  # no accounting, but the job script recorded the payload's success
         if acct.state == "COMPLETED" and payload_rc in (0, None):
             raise SlurmJobError(NO_PIPES_HINT + f"\n(Slurm job {acct.job_id}; output in {files.run_dir})",
-                                acct.job_id, acct.state, acct.exit_code, stderr_tail)
+                                acct.job_id, acct.state, acct.exit_code, stderr_tail, metadata)
         what = {
             "FAILED": "the payload exited non-zero",
             "TIMEOUT": "the job hit its time limit (raise time_limit)",
@@ -207,4 +214,4 @@ class SlurmPipesClient(PipesClient):
         if stderr_tail:
             text += f"\nstderr (tail):\n{stderr_tail}"
         print(text, file=sys.stderr)
-        raise SlurmJobError(text, acct.job_id, acct.state, acct.exit_code, stderr_tail)
+        raise SlurmJobError(text, acct.job_id, acct.state, acct.exit_code, stderr_tail, metadata)

@@ -256,4 +256,6 @@ def record_successes_and_raise(context, kind: Kind, outcomes: Sequence[TaskOutco
         lines.append("The other partitions are recorded as materialized; re-execute the step to run only the "
                      "failed ones.")
     raise SlurmJobError("\n".join(lines), failed[0].job_id, failed[0].state, str(failed[0].exit_code or ""),
-                        failed[0].stderr_tail)
+                        failed[0].stderr_tail,
+                        {f"failed_{what}": dg.MetadataValue.json([o.task.label for o in failed]),
+                         f"{what}_succeeded": sum(1 for o in outcomes if o.ok), f"{what}_total": len(outcomes)})
