@@ -90,10 +90,12 @@ def test_ledger_keeps_the_done_tasks():
 def test_watcher_follows_an_array_to_its_end():
     transport = RecordedTransport({"squeue": recorded("squeue_array_running.txt"), "sacct": recorded("sacct_array.txt")})
     watcher = JobWatcher(transport, 0.05, 0.1)
-    handle = watcher.watch("47")
-    assert watcher.tick([handle]) and handle.state == "RUNNING"  # running tasks and a pending rest: active
+    handle = watcher.watch("47")  # its own loop ticks too: the state is asserted, not which tick set it
+    watcher.tick([handle])
+    assert handle.state == "RUNNING" and handle.final is None  # running tasks and a pending rest: active
     transport.answers["squeue"] = ""  # all tasks left the queue
     watcher.tick([handle])
+    assert handle.wait(5)
     assert handle.final is not None and handle.final.state == "FAILED" and handle.final.job_id == "47"
     watcher.forget("47")
 
