@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -52,7 +53,7 @@ def run_local_tasks(context, command: Sequence[str], env: Mapping[str, str], ext
             _, stderr = process.communicate()
             if stderr:
                 for line in stderr.splitlines():
-                    print(f"[{task.label}] {line}", file=__import__("sys").stderr)
+                    print(f"[{task.label}] {line}", file=sys.stderr)
             messages = TaskMessages(context, reader, task.label)
             if os.path.exists(msgs):
                 with open(msgs, "rb") as fh:

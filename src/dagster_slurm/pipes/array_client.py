@@ -181,6 +181,9 @@ class SlurmArrayClient:
 
         def collect_finished() -> None:
             for chunk in live:
+                if all(i in chunk.outcomes for i in chunk.running):
+                    self.watcher.poke()  # all collected (no more listing of its folder): its end is due now
+                    continue
                 names = set(self.transport.listdir(chunk.files.run_dir) or [])
                 ready = [i for i in chunk.running if i not in chunk.outcomes and f"exit_code.{i}" in names]
                 if ready:
@@ -208,8 +211,7 @@ class SlurmArrayClient:
                 acct = chunk.accounting.get(i)
                 if acct is not None:
                     outcome.metadata = {**acct.metadata(self._partition), **self._link(outcome.job_id)}
-                    outcome.state = acct.state if outcome.exit_code in (0, None) or acct.state != "COMPLETED" \
-                        else "FAILED"
+                    outcome.state = acct.state
         if forget:
             self.transport.run(forget, check=False, retry=True)
 
