@@ -64,7 +64,7 @@ def main() -> int:
         for failure in result.get_step_failure_events():
             message = failure.step_failure_data.error.message.strip().splitlines()
             rows.append((failure.step_key, "failed" + (" (expected)" if not expect_success else ""), "-",
-                         {"error": message[0][:120], "last stderr line": message[-1][:80]}))
+                         {"error": " / ".join(message[:2])[:200]}))
 
     started = time.monotonic()
     job = defs.resolve_job_def("main_job")

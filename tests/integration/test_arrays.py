@@ -86,7 +86,9 @@ def test_failed_partitions_are_named_and_reexecuted_alone(cluster_env, remote_ba
     assert sorted(e.dagster_event.partition for e in mats) == [k for k in keys if k not in (keys[1], keys[4])]
     failures = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     failure = "\n".join(e.dagster_event.step_failure_data.error.message for e in failures)
-    assert f"2 of 6 partitions failed: {keys[1]}, {keys[4]}" in failure and "fails this once" in failure
+    assert f"2 of 6 partitions failed: {keys[1]}, {keys[4]}" in failure and "exit status 3" in failure
+    tails = failures[0].dagster_event.step_failure_data.user_failure_data.metadata["slurm_stderr_tails"].value
+    assert f"**{keys[1]}**" in tails and f"{keys[4]} fails this once" in tails  # each failed task's stderr, once
     first_array = mats[0].asset_materialization.metadata["slurm_job_id"].value.split("_")[0]
 
     out = o.finish("reexec")
@@ -136,8 +138,9 @@ def test_map_failure_names_the_item(slurm, pipes_env, payloads):
         return compute.map(context, payloads / "partition.py", items=["a", "b"], extras={"fail": ["b"]}).get_results()
 
     compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
-    with pytest.raises(SlurmJobError, match=r"1 of 2 items failed: item 1[\s\S]*b is broken"):
+    with pytest.raises(SlurmJobError, match=r"1 of 2 items failed: item 1\n- item 1 \(job \d+_1, exit status 3\)") as err:
         dg.materialize([sweep], resources={"compute": compute})
+    assert "b is broken" in err.value.metadata["slurm_stderr_tails"].value
 
 
 def _orchestrator(cluster_env, remote_base, pipes_env, payloads, tmp_path, n, seconds):

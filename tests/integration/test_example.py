@@ -29,4 +29,4 @@ def test_example_slurm_mode_mixes_packed_and_pre_deployed(cluster_env, transport
     out = _run("slurm", {**os.environ, **cluster_env, "SLURM_DEPLOYMENT_BASE_PATH": base})
     assert "All assets behaved as expected." in out
     assert "'env': 'pre-deployed env'" in out and "'env': 'packed env, cache" in out
-    assert "Slurm job" in out and "exit code 2:0" in out
+    assert "Slurm job" in out and "FAILED, exit status 2" in out

@@ -1,5 +1,6 @@
 """End to end on the real test cluster: an asset runs as a Slurm job over SSH with Dagster Pipes."""
 
+import logging
 import os
 import signal
 import time
@@ -43,9 +44,21 @@ def test_asset_runs_as_slurm_job_with_logs_metadata_check_and_metrics(slurm, pip
     assert meta["slurm_exit_code"].value == "0:0"
     assert int(meta["slurm_job_id"].value) > 0
     assert meta["slurm_cpus"].value == 2
-    assert "slurm_node_hours" in meta and "slurm_elapsed" in meta
+    # one value per quantity, numbers as numbers; what was asked for beside what was used
+    assert isinstance(meta["slurm_elapsed_seconds"], dg.IntMetadataValue)
+    assert isinstance(meta["slurm_queue_wait_seconds"], dg.IntMetadataValue)
+    assert meta["slurm_node_hours"].value > 0 or meta["slurm_elapsed_seconds"].value == 0
+    assert meta["slurm_requested_mem_mb"].value == 256.0 and meta["slurm_time_limit_seconds"].value == 300
+    assert isinstance(meta["slurm_max_rss_mb"], dg.FloatMetadataValue)
+    assert not {"slurm_elapsed", "slurm_max_rss_bytes", "slurm_cpu_efficiency"} & set(meta)
+    if "slurm_cpu_efficiency_percent" in meta:  # absent when the job's elapsed time rounds to 0 s
+        assert 0 <= meta["slurm_cpu_efficiency_percent"].value <= 100
+    assert isinstance(meta["slurm_environment"], dg.PathMetadataValue)
     checks = result.get_asset_check_evaluations()
     assert [(c.check_name, c.passed) for c in checks] == [("positive", True)]
+    # the check: the payload's metadata first; of Slurm's, only the job id (the materialization has the rest)
+    assert list(checks[0].metadata) == ["n", "slurm_job_id"]
+    assert checks[0].metadata["slurm_job_id"].value == meta["slurm_job_id"].value
     assert any(m.startswith("hello from ") for m in result.log_messages)
     out, err = capfd.readouterr()
     assert "line on stdout" in out
@@ -75,12 +88,13 @@ def test_failing_payload_reports_state_exit_code_and_stderr(slurm, pipes_env, pa
     result = _materialize(_asset(payloads / "fails.py"), compute)
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
-    text = str(failure.message) + "".join(c.error.message for c in (failure.cause,) if c) if failure else ""
-    assert "FAILED" in text and "3:0" in text
-    assert "disk on fire" in text
+    job_id = result.get_step_failure_events()[0].step_failure_data.user_failure_data.metadata["slurm_job_id"].value
+    assert f"Slurm job {job_id} FAILED, exit status 3." in failure.message
+    assert "disk on fire" not in failure.message and failure.cause is None  # stderr once: in the metadata
     meta = result.get_step_failure_events()[0].step_failure_data.user_failure_data.metadata
+    assert meta["slurm_stderr_tail"].value == "```\nsomething went wrong: disk on fire\n```"
     assert meta["slurm_state"].value == "FAILED" and isinstance(meta["slurm_elapsed_seconds"].value, int)
-    assert meta["slurm_max_rss_bytes"].value > 0 and "slurm_node_hours" in meta
+    assert meta["slurm_max_rss_mb"].value > 0 and "slurm_node_hours" in meta
     run_dir = meta["slurm_run_folder"].value
     assert isinstance(meta["slurm_stderr"], dg.PathMetadataValue) and meta["slurm_stderr"].value == f"{run_dir}/stderr.log"
     assert meta["slurm_stdout"].value == f"{run_dir}/stdout.log"
@@ -90,8 +104,7 @@ def test_failed_run_keeps_its_logs_private_and_drops_its_env_file(slurm, pipes_e
     compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
     result = _materialize(_asset(payloads / "fails.py", extra_env={"TOKEN": "t0ken-xyz"}), compute)
     assert not result.success
-    text = result.get_step_failure_events()[0].step_failure_data.error.message
-    run_dir = text.split("stay on the cluster in ")[1].split(" ")[0]
+    run_dir = result.get_step_failure_events()[0].step_failure_data.user_failure_data.metadata["slurm_run_folder"].value
     modes = dict(line.split() for line in transport.run(
         f"cd {run_dir} && stat -c '%n %a' . * ").stdout.splitlines())
     assert "env.sh" not in modes  # the secrets went, whatever the outcome
@@ -111,6 +124,43 @@ def test_successful_run_leaves_nothing_behind(slurm, pipes_env, payloads, transp
     while transport.stat_size(f"{slurm.remote_base}/runs/{result.run_id}") is not None:
         assert time.monotonic() < deadline, "the run folder was not removed"
         time.sleep(0.05)
+
+
+def test_a_payload_exception_heads_the_failure_without_our_frames(slurm, pipes_env, payloads):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = _materialize(_asset(payloads / "raises.py"), compute)
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    first, second = error.message.splitlines()[:2]
+    assert first.endswith("FileNotFoundError: /data/input.parquet does not exist")  # the payload's own line
+    assert second.startswith("Slurm job ") and second.endswith(" FAILED, exit status 1.")
+    assert error.message.count("does not exist") == 1  # not repeated with the traceback
+    ours = [frame for frame in error.stack if "/dagster_slurm/" in frame]
+    assert len(ours) == 1 and "in run" in ours[0]  # only the public call the asset made, none inside
+    meta = result.get_step_failure_events()[0].step_failure_data.user_failure_data.metadata
+    assert "raise FileNotFoundError" in meta["slurm_stderr_tail"].value  # the whole traceback, once
+
+
+def test_a_queued_job_says_why_at_info_and_reports_its_wait(slurm, pipes_env, payloads, transport):
+    """Both CPUs of the node are taken by another job: ours waits (Resources), and says so at INFO."""
+    blocker = transport.run("sbatch --parsable -p debug -c 2 --mem=50M -t 1 --wrap 'sleep 8'").stdout.strip()
+    try:
+        deadline = time.monotonic() + 30
+        while transport.run(f"squeue -h -o %T -j {blocker}").stdout.strip() != "RUNNING":
+            assert time.monotonic() < deadline, "the blocking job never started"
+            time.sleep(0.2)
+        compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+        instance = dg.DagsterInstance.ephemeral()
+        asset = _asset(payloads / "report.py", extras={"foo": 1}, check=True, resource_requirements={"partition": "debug"})
+        result = dg.materialize([asset], resources={"compute": compute}, instance=instance)
+    finally:
+        transport.run(f"scancel {blocker}", check=False)
+    meta = result.asset_materializations_for_node("reporter")[0].metadata
+    job_id = meta["slurm_job_id"].value
+    info = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.INFO]
+    assert f"Slurm job {job_id}: PENDING (Resources)" in info  # RUNNING may pass between two polls of a 1 s job
+    assert not any("None" in m for m in info if m.startswith(f"Slurm job {job_id}:"))
+    assert meta["slurm_queue_wait_seconds"].value >= 2
 
 
 def test_payload_that_never_opens_pipes_says_what_to_call(slurm, pipes_env, payloads):
@@ -210,8 +260,9 @@ def test_environment_that_cannot_be_activated_records_exit_97(slurm, payloads, t
     compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=broken)
     result = _materialize(_asset(payloads / "trivial.py"), compute)
     assert not result.success
-    text = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert "status 97" in text and "activation exploded" in text and "could not be set up" in text
+    failure = result.get_step_failure_events()[0].step_failure_data
+    assert "exit status 97: its environment could not be set up" in failure.error.message
+    assert "activation exploded" in failure.user_failure_data.metadata["slurm_stderr_tail"].value
 
 
 @pytest.mark.parametrize("share", ["direct", "auto"])

@@ -75,8 +75,8 @@ def agent(monkeypatch):
     monkeypatch.setattr("dagster_slurm.agent.client.ensure_agent", no_real_agent)
     from dagster_slurm.agent.spawn import paths
 
-    squeue = _recorded("squeue_terminal.txt")
-    sacct = _recorded("sacct_completed.txt")
+    squeue = _recorded("squeue_waited_completed.txt")
+    sacct = _recorded("sacct_waited.txt")
     transport = _Recorded({"squeue": squeue, "sacct": sacct, "false": {"exit_status": 1, "stdout": "",
                                                                      "stderr": "recorded failure"}})
     server = Agent(settings, paths(settings)[0], transport)
@@ -101,12 +101,13 @@ def agent(monkeypatch):
 
 def test_two_processes_watchers_share_one_poll(agent):
     settings, server, transport = agent
-    job15 = "15"  # squeue_terminal.txt and sacct_completed.txt are real recordings of job 15
+    job = "2060"  # squeue_waited_completed.txt and sacct_waited.txt are real recordings of job 2060
     a, b = AgentTransport(settings), AgentTransport(settings)  # two client "processes"
-    ha = a.watcher(0.05, 1).watch(job15)
-    hb = b.watcher(0.05, 1).watch(job15)
+    ha = a.watcher(0.05, 1).watch(job)
+    hb = b.watcher(0.05, 1).watch(job)
     assert ha.wait(10) and hb.wait(10)
-    assert ha.final is not None and ha.final.state == "COMPLETED" and ha.final.max_rss_bytes == 48632 * 1024
+    assert ha.final is not None and ha.final.state == "COMPLETED" and ha.final.max_rss_bytes == 9612 * 1024
+    assert ha.final.queue_wait_seconds == 6  # crossed the socket whole
     assert hb.final == ha.final
     squeues = [c for c in transport.commands if c.startswith("squeue")]
     assert len(squeues) == server.watcher.ticks and len(squeues) <= 2  # one watcher for both clients

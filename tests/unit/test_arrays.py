@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from dagster_slurm.slurm.array import (
     task_accounting,
 )
 from dagster_slurm.slurm.ledger import parse_ledger, parse_state
-from dagster_slurm.slurm.parse import parse_active, parse_squeue
+from dagster_slurm.slurm.parse import parse_active, parse_sacct, parse_squeue
 from dagster_slurm.slurm.script import JobScript, render_job_script, task_env_case
 from dagster_slurm.slurm.watcher import JobWatcher
 
@@ -68,12 +69,22 @@ def test_gc_sees_an_array_as_active_by_its_job_id():
     assert active == {"9", "9_1", "9_[3,7-8]"}
 
 
+def sacct_fields(name: str) -> str:
+    return re.search(r"sacct -P -n -o (\S+) -j ", (DATA / name).read_text()).group(1)
+
+
 def test_sacct_per_task_and_the_array_as_one():
-    tasks = task_accounting(recorded("sacct_array.txt"), "47")
+    lagging = parse_sacct(recorded("sacct_array.txt"), sacct_fields("sacct_array.txt"))  # recorded with fewer fields
+    tasks = task_accounting(lagging, "47")
     assert sorted(tasks) == [0, 1, 2, 3, 5]  # task 4 had no record yet: accounting lags
     assert tasks[3].state == "FAILED" and tasks[3].exit_code == "1:0" and tasks[0].max_rss_bytes == 3388 * 1024
     whole = aggregate("47", tasks)
     assert whole.state == "FAILED" and whole.job_id == "47"
+    ended = task_accounting(parse_sacct(recorded("sacct_array_throttled.txt")), "2065")
+    assert sorted(ended) == [0, 1, 2, 3, 4, 5] and ended[3].state == "FAILED" and ended[3].exit_code == "1:0"
+    assert [ended[i].queue_wait_seconds for i in range(6)] == [0, 0, 3, 3, 6, 6]  # %2: two at a time
+    whole = aggregate("2065", ended)
+    assert (whole.state, whole.queue_wait_seconds, whole.time_limit_seconds) == ("FAILED", 0, 60)
 
 
 def test_ledger_state_of_an_ended_array():
@@ -88,16 +99,17 @@ def test_ledger_keeps_the_done_tasks():
 
 
 def test_watcher_follows_an_array_to_its_end():
-    transport = RecordedTransport({"squeue": recorded("squeue_array_running.txt"), "sacct": recorded("sacct_array.txt")})
+    transport = RecordedTransport({"squeue": recorded("squeue_array_throttled.txt"),
+                                   "sacct": recorded("sacct_array_throttled.txt")})
     watcher = JobWatcher(transport, 0.05, 0.1)
-    handle = watcher.watch("47")  # its own loop ticks too: the state is asserted, not which tick set it
+    handle = watcher.watch("2065")  # its own loop ticks too: the state is asserted, not which tick set it
     watcher.tick([handle])
     assert handle.state == "RUNNING" and handle.final is None  # running tasks and a pending rest: active
     transport.answers["squeue"] = ""  # all tasks left the queue
     watcher.tick([handle])
     assert handle.wait(5)
-    assert handle.final is not None and handle.final.state == "FAILED" and handle.final.job_id == "47"
-    watcher.forget("47")
+    assert handle.final is not None and handle.final.state == "FAILED" and handle.final.job_id == "2065"
+    watcher.forget("2065")
 
 
 def test_array_job_script_runs_each_task_with_its_own_env(tmp_path):

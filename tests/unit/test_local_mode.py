@@ -91,9 +91,11 @@ def test_local_range_with_failures_records_the_others_and_names_the_failed():
     assert not result.success
     assert sorted(mats) == [keys[0], keys[2], keys[3]]
     error = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert f"1 of 4 partitions failed: {keys[1]}" in error and f"{keys[1]} is broken" in error
+    assert f"1 of 4 partitions failed: {keys[1]}\n- {keys[1]} (job local, exit status 3)\n" in error
+    assert "is broken" not in error and "SystemExit" not in error  # stderr once: in the metadata
     meta = result.get_step_failure_events()[0].step_failure_data.user_failure_data.metadata
     assert meta["failed_partitions"].value == [keys[1]] and meta["partitions_succeeded"].value == 3
+    assert meta["slurm_stderr_tails"].value == f"**{keys[1]}**\n\n```\n{keys[1]} is broken\n```"
 
 
 def test_local_map_gathers_items():

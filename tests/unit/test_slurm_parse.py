@@ -16,6 +16,7 @@ the ``command`` in its header; the jobs were
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -46,16 +47,31 @@ def recorded(name: str) -> str:
     return "".join(lines[start:])
 
 
+def fields_of(name: str) -> str:
+    """The sacct fields a recording was made with (its ``# command:`` header)."""
+    return re.search(r"sacct -P -n -o (\S+) -j ", (DATA / name).read_text()).group(1)
+
+
+def sacct(name: str) -> dict[str, JobAccounting]:
+    return parse_sacct(recorded(name), fields_of(name))
+
+
 def recorded_json(name: str) -> dict:
     return json.loads((DATA / name).read_text())
 
 
 # --- the recordings were made with exactly the constants the code uses --------------------------
 
-@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("sacct_*")))
-def test_sacct_recordings_use_sacct_fields(name):
-    text = (DATA / name).read_text()
-    assert f"sacct -P -n -o {SACCT_FIELDS} -j " in text
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("sacct_*.txt")))
+def test_sacct_recordings_name_their_fields(name):
+    """Each recording was made with SACCT_FIELDS as it was then: today's list, or an earlier one that
+    today's extends (Submit, Start, ReqMem and TimelimitRaw came later)."""
+    assert SACCT_FIELDS.startswith(fields_of(name))
+
+
+def test_recordings_with_todays_fields_exist():
+    assert {"sacct_waited.txt", "sacct_array_throttled.txt"} <= {p.name for p in DATA.glob("sacct_*.txt")
+                                                            if fields_of(p.name) == SACCT_FIELDS}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("squeue_*")))
@@ -181,7 +197,7 @@ def test_squeue_purged_among_known_ids():
 # --- sacct ---------------------------------------------------------------------------------------
 
 def one(name: str) -> JobAccounting:
-    jobs = parse_sacct(recorded(name))
+    jobs = sacct(name)
     assert len(jobs) == 1, jobs
     return next(iter(jobs.values()))
 
@@ -241,7 +257,7 @@ def test_sacct_cancelled_while_running():
 
 
 def test_sacct_cancelled_while_pending():
-    jobs = parse_sacct(recorded("sacct_cancelled_pending.txt"))
+    jobs = sacct("sacct_cancelled_pending.txt")
     assert set(jobs) == {"19", "20", "21", "22", "23"}
     assert all(j.state == "CANCELLED" and j.terminal for j in jobs.values())
     never_ran = jobs["21"]
@@ -266,7 +282,7 @@ def test_sacct_timeout():
 
 
 def test_sacct_running_and_pending():
-    jobs = parse_sacct(recorded("sacct_running_pending.txt"))
+    jobs = sacct("sacct_running_pending.txt")
     assert {j: a.state for j, a in jobs.items()} == {
         "19": "RUNNING", "20": "PENDING", "21": "PENDING", "22": "PENDING", "23": "PENDING"}
     assert not any(a.terminal for a in jobs.values())
@@ -281,7 +297,7 @@ def test_sacct_rendered_script_job():
 
 
 def test_sacct_batch_of_jobs():
-    jobs = parse_sacct(recorded("sacct_batch.txt"))
+    jobs = sacct("sacct_batch.txt")
     assert {j: (a.state, a.exit_code) for j, a in jobs.items()} == {
         "14": ("TIMEOUT", "0:0"),
         "15": ("COMPLETED", "0:0"),
@@ -309,7 +325,7 @@ def test_sacct_unknown_job_id():
 
 def test_sacct_ignores_lines_with_wrong_field_count():
     text = "Some warning from sacct\n" + recorded("sacct_completed.txt") + "1|2|3\n"
-    assert parse_sacct(text) == parse_sacct(recorded("sacct_completed.txt"))
+    assert parse_sacct(text, fields_of("sacct_completed.txt")) == sacct("sacct_completed.txt")
 
 
 def test_metadata_of_completed_job():
@@ -318,24 +334,82 @@ def test_metadata_of_completed_job():
         "slurm_job_id": "24",
         "slurm_state": "COMPLETED",
         "slurm_exit_code": "0:0",
-        "slurm_elapsed": "00:00:04",
         "slurm_elapsed_seconds": 4,
-        "slurm_node_hours": round(4 / 3600, 6),
+        "slurm_node_hours": 0.00111,  # 4 s, three significant digits
         "slurm_cpus": 2,
+        "slurm_cpu_efficiency_percent": 50.3,  # 4.025 CPU-s of 8
+        "slurm_max_rss_mb": 109.4,  # 112048K
         "slurm_partition": "debug",
         "slurm_nodes": "vm",
-        "slurm_cpu_efficiency": round(4.025 / 8, 4),
-        "slurm_max_rss_bytes": 112048 * 1024,
-        "slurm_max_rss_mb": round(112048 / 1024, 2),
     }
+
+
+def test_metadata_of_a_job_that_waited_has_queue_wait_request_and_limit():
+    """Recorded with today's fields: a 1-CPU job that waited 6 s behind a 2-CPU job."""
+    acct = one("sacct_waited.txt")
+    assert (acct.queue_wait_seconds, acct.requested_mem_bytes, acct.time_limit_seconds) == (6, 100 * 2**20, 120)
+    meta = acct.metadata()
+    assert meta["slurm_queue_wait_seconds"] == 6 and meta["slurm_time_limit_seconds"] == 120
+    assert meta["slurm_requested_mem_mb"] == 100.0 and meta["slurm_max_rss_mb"] == 9.4  # 9612K
+    assert meta["slurm_cpu_efficiency_percent"] == 100.0 and meta["slurm_node_hours"] == 0.000556
+    # one value per quantity: no text twin of a number
+    assert not {"slurm_elapsed", "slurm_max_rss_bytes", "slurm_cpu_efficiency"} & set(meta)
+    assert all(isinstance(v, (int, float)) for k, v in meta.items() if k.endswith(("_seconds", "_mb", "_percent", "_hours")))
 
 
 def test_metadata_of_failed_job_has_no_efficiency():
     meta = one("sacct_failed.txt").metadata()
     assert meta["slurm_state"] == "FAILED" and meta["slurm_exit_code"] == "3:0"
-    assert "slurm_cpu_efficiency" not in meta
-    assert meta["slurm_max_rss_bytes"] == 3252 * 1024
-    assert meta["slurm_node_hours"] == 0
+    assert "slurm_cpu_efficiency_percent" not in meta
+    assert meta["slurm_max_rss_mb"] == 3.2  # 3252K
+    assert meta["slurm_node_hours"] == 0  # it ran 0 s
+    assert "slurm_queue_wait_seconds" not in meta  # recorded before Submit/Start were asked for
+
+
+@pytest.mark.parametrize(("text", "ncpus", "nnodes", "expected"), [
+    ("100M", 1, 1, 100 * 2**20), ("2G", 4, 2, 2 * 2**30), ("512Mc", 4, 1, 2 * 2**30), ("1Gn", 8, 3, 3 * 2**30),
+    ("0", 1, 1, None), ("", 1, 1, None),
+])
+def test_requested_memory(text, ncpus, nnodes, expected):
+    from dagster_slurm.slurm.parse import parse_requested_mem
+
+    assert parse_requested_mem(text, ncpus, nnodes) == expected
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30", 1800), ("30:15", 1815), ("01:00:00", 3600), ("2-12", 2 * 86400 + 12 * 3600),
+    ("1-00:30", 86400 + 1800), ("1-02:03:04", 93784), ("UNLIMITED", None), ("", None),
+])
+def test_sbatch_time_limits(text, seconds):
+    from dagster_slurm.slurm.parse import parse_time_limit
+
+    assert parse_time_limit(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("4G", 4 * 2**30), ("512M", 512 * 2**20), ("2048", 2048 * 2**20),
+                                            ("1.5G", int(1.5 * 2**30)), ("100K", 102400), ("lots", None)])
+def test_sbatch_memory_requests(text, size):
+    from dagster_slurm.slurm.parse import parse_mem_request
+
+    assert parse_mem_request(text) == size
+
+
+def test_right_after_the_end_missing_values_fall_back_to_the_request():
+    """Recorded 0.2 s after the end: Partition empty, ReqMem '16?', TimelimitRaw empty (filled 1.5 s later)."""
+    acct = one("sacct_just_ended.txt")
+    assert (acct.partition, acct.requested_mem_bytes, acct.time_limit_seconds) == ("", None, None)
+    meta = acct.metadata({"partition": "batch", "mem": "100M", "time": "3"})
+    assert (meta["slurm_partition"], meta["slurm_requested_mem_mb"], meta["slurm_time_limit_seconds"]) == ("batch", 100.0, 180)
+    assert not {"slurm_partition", "slurm_requested_mem_mb", "slurm_time_limit_seconds"} & set(acct.metadata())
+    assert one("sacct_waited.txt").metadata({"mem": "1G", "time": "9"})["slurm_requested_mem_mb"] == 100.0  # sacct wins
+    assert acct.metadata({"mem-per-cpu": "64M"})["slurm_requested_mem_mb"] == 64.0
+
+
+def test_a_pending_job_has_no_queue_wait_yet():
+    line = "7|PENDING|0:0|00:00:00|0|00:00:00||1|1|debug|None assigned|2026-12-04T17:42:46|Unknown|100M|UNLIMITED\n"
+    acct = parse_sacct(line)["7"]
+    assert acct.queue_wait_seconds is None and acct.time_limit_seconds is None
+    assert "slurm_queue_wait_seconds" not in acct.metadata() and "slurm_time_limit_seconds" not in acct.metadata()
 
 
 def test_node_hours_uses_at_least_one_node():
@@ -406,8 +480,8 @@ def test_parse_duration(text, seconds):
 
 
 def test_parse_duration_of_recorded_total_cpu():
-    names = SACCT_FIELDS.split(",")
     for path in DATA.glob("sacct_*.txt"):
+        names = fields_of(path.name).split(",")
         for line in recorded(path.name).splitlines():
             row = dict(zip(names, line.split("|")))
             assert parse_duration(row["TotalCPU"]) >= 0
@@ -430,7 +504,7 @@ def test_transient_sbatch_errors(stderr, transient):
 def test_partition_missing_right_after_the_end_falls_back_to_the_request():
     # sacct right after a job completed: slurmdbd has not filled the job row's Partition yet (seen ~2 s)
     fresh = "1328|COMPLETED|0:0|00:00:00|0|00:00.002||1|1||vm\n1328.batch|COMPLETED|0:0|00:00:00|0|00:00.002|3288K|1|1||vm\n"
-    acct = parse_sacct(fresh)["1328"]
-    assert acct.metadata("batch")["slurm_partition"] == "batch"
+    acct = parse_sacct(fresh, fields_of("sacct_completed.txt"))["1328"]
+    assert acct.metadata({"partition": "batch"})["slurm_partition"] == "batch"
     assert "slurm_partition" not in acct.metadata()  # asked for none (the cluster default): left out, not ""
-    assert parse_sacct(recorded("sacct_completed.txt"))["15"].metadata("batch")["slurm_partition"] == "debug"
+    assert sacct("sacct_completed.txt")["15"].metadata({"partition": "batch"})["slurm_partition"] == "debug"

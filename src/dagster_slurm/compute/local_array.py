@@ -62,7 +62,7 @@ def run_local_tasks(context, command: Sequence[str], env: Mapping[str, str], ext
             rc = process.returncode
             return TaskOutcome(task, "COMPLETED" if rc == 0 else ("CANCELLED" if stop.is_set() else "FAILED"),
                                exit_code=rc, opened=messages.opened, results=messages.results(),
-                               stderr_tail="\n".join(stderr.splitlines()[-20:]))
+                               stderr_tail="\n".join(stderr.splitlines()[-20:]), exception=messages.exception)
 
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dagster-slurm-local")
         futures = [pool.submit(one, t) for t in tasks]

@@ -27,7 +27,7 @@ from dagster_slurm.config.queue import sbatch_options_from_help
 from dagster_slurm.config.run import SlurmRunConfig
 from dagster_slurm.config.slurm import DEFAULT_REMOTE_BASE, SlurmResource
 from dagster_slurm.config.strict import reject_unknown
-from dagster_slurm.errors import ConfigurationError, RemoteFileError
+from dagster_slurm.errors import ConfigurationError, DagsterSlurmError, RemoteFileError
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.pipes.array_client import SlurmArrayClient
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
@@ -217,12 +217,15 @@ class ComputeResource(dg.ConfigurableResource):
         """
         context = op_context(context)
         keys = step_partition_keys(context) if self.array_partitions else None
-        return self._execute(context, payload_path, extra_env=extra_env, extras=extras, launcher=launcher,
-                             resource_requirements=resource_requirements, config=config,
-                             force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
-                             remote_payload_path=remote_payload_path, kind="partitions" if keys else None,
-                             tasks=keys, max_concurrent_tasks=max_concurrent_tasks, extra_slurm_opts=extra_slurm_opts,
-                             extra_files=extra_files)
+        try:
+            return self._execute(context, payload_path, extra_env=extra_env, extras=extras, launcher=launcher,
+                                 resource_requirements=resource_requirements, config=config,
+                                 force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
+                                 remote_payload_path=remote_payload_path, kind="partitions" if keys else None,
+                                 tasks=keys, max_concurrent_tasks=max_concurrent_tasks,
+                                 extra_slurm_opts=extra_slurm_opts, extra_files=extra_files)
+        except DagsterSlurmError as err:  # its text says it all: the step failure shows no frames of ours
+            raise err.with_traceback(None) from None
 
     def map(
         self,
@@ -257,12 +260,15 @@ class ComputeResource(dg.ConfigurableResource):
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"compute.map(items=...): items must be JSON values (they reach each task "
                                      f"as pipes.get_extra('item')): {exc}") from None
-        return self._execute(op_context(context), payload_path, extra_env=extra_env, extras=extras,
-                             launcher=launcher, resource_requirements=resource_requirements, config=config,
-                             force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
-                             remote_payload_path=remote_payload_path, kind="items", tasks=items,
-                             max_concurrent_tasks=max_concurrent_tasks, extra_slurm_opts=extra_slurm_opts,
-                             extra_files=extra_files)
+        try:
+            return self._execute(op_context(context), payload_path, extra_env=extra_env, extras=extras,
+                                 launcher=launcher, resource_requirements=resource_requirements, config=config,
+                                 force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
+                                 remote_payload_path=remote_payload_path, kind="items", tasks=items,
+                                 max_concurrent_tasks=max_concurrent_tasks, extra_slurm_opts=extra_slurm_opts,
+                                 extra_files=extra_files)
+        except DagsterSlurmError as err:  # as in run()
+            raise err.with_traceback(None) from None
 
     def _execute(self, context, payload_path, *, extra_env, extras, launcher, resource_requirements, config,
                  force_env_push, skip_payload_upload, remote_payload_path, kind: Kind | None,
@@ -333,7 +339,7 @@ class ComputeResource(dg.ConfigurableResource):
             env=extra_env,
             uploads=uploads,
             keep_run_dir=self.debug_mode,
-            metadata={"slurm_environment": env_path, **env.metadata},
+            metadata={"slurm_environment": dg.MetadataValue.path(env_path), **env.metadata},
             lease_dir=f"{env_path}/.leases" if env.packed else None,
             sbatch_timeout=slurm.ssh.command_timeout,
             job_url=lambda job_id: slurm.job_url(job_id, config_value(

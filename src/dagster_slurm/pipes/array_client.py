@@ -43,7 +43,9 @@ from dagster_slurm.slurm.parse import (
     SQUEUE_FORMAT,
     TERMINAL_STATES,
     JobAccounting,
+    parse_sacct,
     parse_squeue,
+    significant,
 )
 from dagster_slurm.slurm.script import JobScript, render_job_script, task_env_case
 from dagster_slurm.slurm.watcher import SACCT_LAG_SECONDS, JobWatcher
@@ -81,13 +83,13 @@ class SlurmArrayClient:
         self.job_timeout = job_timeout
         self.queue_timeout = queue_timeout
         self._link: Callable[[str], dict[str, object]] = lambda _job_id: {}
-        self._partition: str | None = None
+        self._directives: Mapping[str, str] = {}
 
     def run(self, context, request: SlurmJobRequest, *, kind: Kind, keys_or_items: Sequence[object],
             extras: Mapping[str, object] | None, max_concurrent: int | None,
             max_array_size: int) -> ArrayInvocation:
         self._link = request.link
-        self._partition = request.directives.get("partition")
+        self._directives = request.directives
         injector, reader = CapturedContext(), TaskMessagesReader()
         with open_pipes_session(context=context, context_injector=injector, message_reader=reader,
                                 extras=extras) as session:
@@ -103,7 +105,7 @@ class SlurmArrayClient:
             close_session(session, outcomes)
         jobs = [c.job_id for c in chunks if c.job_id]
         summary = {"slurm_array_job_ids": ",".join(jobs), "slurm_tasks": len(tasks),
-                   "slurm_node_hours": round(sum(a.node_hours for c in chunks for a in c.accounting.values()), 6),
+                   "slurm_node_hours": significant(sum(a.node_hours for c in chunks for a in c.accounting.values())),
                    **request.metadata}
         return finish(context, kind, outcomes, summary)
 
@@ -210,7 +212,7 @@ class SlurmArrayClient:
             for i, outcome in chunk.outcomes.items():  # the accounting arrived after some were collected
                 acct = chunk.accounting.get(i)
                 if acct is not None:
-                    outcome.metadata = {**acct.metadata(self._partition), **self._link(outcome.job_id)}
+                    outcome.metadata = {**acct.metadata(self._directives), **self._link(outcome.job_id)}
                     outcome.state = acct.state
         if forget:
             self.transport.run(forget, check=False, retry=True)
@@ -237,7 +239,7 @@ class SlurmArrayClient:
                                         timeout=30)
             for chunk in chunks:
                 assert chunk.job_id is not None
-                chunk.accounting = task_accounting(result.stdout, chunk.job_id)
+                chunk.accounting = task_accounting(parse_sacct(result.stdout), chunk.job_id)
             missing = any(i not in c.accounting or not c.accounting[i].terminal for c in chunks for i in c.running)
             if result.exit_status != 0 or not missing or time.monotonic() > deadline:
                 return
@@ -280,8 +282,8 @@ class SlurmArrayClient:
             stderr_lines = data[(i, names[3])].decode(errors="replace").splitlines()
             chunk.outcomes[i] = TaskOutcome(
                 task, state, job_id=f"{chunk.job_id}_{i}", exit_code=code, opened=messages.opened,
-                results=messages.results(), stderr_tail="\n".join(stderr_lines[-20:]),
-                metadata={**(acct.metadata(self._partition) if acct is not None else {"slurm_job_id": f"{chunk.job_id}_{i}"}),
+                results=messages.results(), stderr_tail="\n".join(stderr_lines[-20:]), exception=messages.exception,
+                metadata={**(acct.metadata(self._directives) if acct is not None else {"slurm_job_id": f"{chunk.job_id}_{i}"}),
                           **self._link(f"{chunk.job_id}_{i}")})
             outcome = chunk.outcomes[i]
             context.log.info(f"[{task.label}] Slurm task {outcome.job_id} ended "

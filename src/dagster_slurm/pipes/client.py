@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from dagster import PipesClient, PipesClientCompletedInvocation, open_pipes_session
+from dagster import PipesClient, PipesClientCompletedInvocation, PipesExecutionResult, open_pipes_session
 
 from dagster_slurm.errors import SlurmJobError, tail
 from dagster_slurm.pipes.attempts import Placement, StepCallLedger
 from dagster_slurm.pipes.context import SlurmContextInjector
+from dagster_slurm.pipes.failure import exception_line, exit_text, stderr_metadata
 from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
 from dagster_slurm.pipes.waiting import wait_for_job
 from dagster_slurm.slurm.parse import JobAccounting
@@ -61,6 +61,21 @@ class SlurmJobRequest:
 def env_file_text(env: Mapping[str, str]) -> str:
     """Shell ``export`` lines; names were checked by ``config.env.check_env_names``."""
     return "".join(f"export {key}={shlex.quote(str(value))}\n" for key, value in env.items())
+
+
+class SlurmCompletedInvocation(PipesClientCompletedInvocation):
+    """Dagster's completed invocation, except that asset check results get only ``check_metadata`` (the
+    job id, its link) after the payload's own: the materialization carries the job's accounting."""
+
+    def __init__(self, session, metadata: Mapping[str, Any], check_metadata: Mapping[str, Any]):
+        super().__init__(session, metadata=metadata)
+        self.session = session
+        self.check_metadata = dict(check_metadata)
+
+    def get_results(self, *, implicit_materializations: bool = True) -> Sequence[PipesExecutionResult]:
+        results = self.session.get_results(implicit_materializations=implicit_materializations)
+        return tuple(r._replace(metadata={**(r.metadata or {}), **(self.check_metadata if isinstance(r, dg.AssetCheckResult)
+                                                                    else self.metadata)}) for r in results)
 
 
 class SlurmPipesClient(PipesClient):
@@ -112,7 +127,7 @@ class SlurmPipesClient(PipesClient):
                 reader.drain()
                 try:
                     self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files,
-                                            {**acct.metadata(request.directives.get("partition")),
+                                            {**acct.metadata(request.directives),
                                              **request.link(job_id)})
                 except SlurmJobError:
                     ledger.report(placement, acct.state, success=False, keep=True)
@@ -122,9 +137,10 @@ class SlurmPipesClient(PipesClient):
             finally:
                 if not folder_gone:
                     self.transport.run(forget_secrets, check=False, retry=True)
-        metadata: dict[str, Any] = {**acct.metadata(request.directives.get("partition")), **request.metadata,
+        metadata: dict[str, Any] = {**acct.metadata(request.directives), **request.metadata,
                                     **request.link(job_id)}
-        return PipesClientCompletedInvocation(session, metadata=metadata)
+        return SlurmCompletedInvocation(session, metadata, {"slurm_job_id": dg.MetadataValue.text(job_id),
+                                                            **request.link(job_id)})
 
     # -- steps
     @staticmethod
@@ -182,12 +198,13 @@ class SlurmPipesClient(PipesClient):
 
     def _raise_for_outcome(self, acct: JobAccounting, reader: SlurmRunMessageReader, opened: bool,
                            files: RunFiles, metadata: dict[str, Any]) -> None:
-        """Raise unless the job and its payload succeeded. The failure carries the job's figures and, as
-        path metadata, the run folder and the logs kept on the cluster."""
+        """Raise unless the job and its payload succeeded. The failure's text leads with the payload's own
+        exception line and Slurm's verdict; it carries the job's figures, the stderr tail (once, as
+        markdown) and, as path metadata, the run folder and the logs kept on the cluster."""
+        stderr_tail = tail("\n".join(reader.state.stderr_tail))
         metadata = {**metadata, "slurm_run_folder": dg.MetadataValue.path(files.run_dir),
                     "slurm_stdout": dg.MetadataValue.path(files.stdout),
-                    "slurm_stderr": dg.MetadataValue.path(files.stderr)}
-        stderr_tail = tail("\n".join(reader.state.stderr_tail))
+                    "slurm_stderr": dg.MetadataValue.path(files.stderr), **stderr_metadata(stderr_tail)}
         payload_rc = reader.state.exit_code
         if acct.state == "COMPLETED" and payload_rc in (0, None) and opened:
             return
@@ -197,21 +214,19 @@ class SlurmPipesClient(PipesClient):
             raise SlurmJobError(NO_PIPES_HINT + f"\n(Slurm job {acct.job_id}; output in {files.run_dir})",
                                 acct.job_id, acct.state, acct.exit_code, stderr_tail, metadata)
         what = {
-            "FAILED": "the payload exited non-zero",
             "TIMEOUT": "the job hit its time limit (raise time_limit)",
             "OUT_OF_MEMORY": "the job ran out of memory (raise mem)",
             "CANCELLED": "the job was cancelled",
             "NODE_FAIL": "a node failed",
             "PREEMPTED": "the job was preempted",
-        }.get(acct.state, "the payload failed")
+        }.get(acct.state, "")
         if payload_rc == ACTIVATION_FAILED:
             what = f"its environment could not be set up (sourcing env.sh / activate.sh failed, status {payload_rc})"
-        elif payload_rc:
-            what = f"the payload exited with status {payload_rc}"
-        exit_code = acct.exit_code or (f"{payload_rc}:0" if payload_rc is not None else "unknown")
-        text = (f"Slurm job {acct.job_id} ended {acct.state} (exit code {exit_code}): {what}.\n"
-                f"Its job script and logs stay on the cluster in {files.run_dir} (stdout.log, stderr.log).")
-        if stderr_tail:
-            text += f"\nstderr (tail):\n{stderr_tail}"
-        print(text, file=sys.stderr)
+        exit_code = acct.exit_code if acct.accounted else (f"{payload_rc}:0" if payload_rc is not None else "")
+        headline = exception_line(reader.state.exception, stderr_tail)
+        text = ((f"{headline}\n" if headline else "")
+                + f"Slurm job {acct.job_id} {acct.state}, {exit_text(exit_code, payload_rc)}"
+                + (f": {what}" if what else "") + ".\n"
+                + f"Its job script and logs stay on the cluster in {files.run_dir} (stdout.log, stderr.log)"
+                + ("; the stderr tail is in this failure's metadata." if stderr_tail else "."))
         raise SlurmJobError(text, acct.job_id, acct.state, acct.exit_code, stderr_tail, metadata)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from dagster import PipesMessageHandler, PipesMessageReader
 from dagster_pipes import PipesParams
 
+from dagster_slurm.pipes.failure import closed_exception
 from dagster_slurm.transport.base import Transport
 
 log = logging.getLogger("dagster_slurm.pipes")
@@ -65,6 +66,7 @@ class _Stream:
 class TailState:
     exit_code: int | None = None
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
+    exception: str | None = None  # the exception line the payload's Pipes "closed" message reported
 
 
 class OneWriter:
@@ -151,6 +153,7 @@ class SlurmRunMessageReader(OneWriter, PipesMessageReader):
             log.warning("skipping a malformed Pipes message line: %r", line[:200])
             return
         assert self._handler is not None
+        self.state.exception = self.state.exception or closed_exception(message)
         self._handler.handle_message(message)
 
     def poll_once(self) -> bool:

@@ -20,7 +20,8 @@ import dagster as dg
 from dagster import PipesContextInjector, PipesExecutionResult, PipesMessageHandler, PipesMessageReader
 from dagster_pipes import PIPES_PROTOCOL_VERSION, PIPES_PROTOCOL_VERSION_FIELD, PipesContextData, PipesParams
 
-from dagster_slurm.errors import SlurmJobError, tail
+from dagster_slurm.errors import SlurmJobError
+from dagster_slurm.pipes.failure import closed_exception, exception_line, exit_text, tasks_stderr_metadata
 from dagster_slurm.pipes.reader import OneWriter
 
 log = logging.getLogger("dagster_slurm.pipes")
@@ -44,6 +45,7 @@ class TaskOutcome:
     opened: bool = False
     results: list[PipesExecutionResult] = field(default_factory=list)
     stderr_tail: str = ""
+    exception: str | None = None  # the exception line the task's Pipes "closed" message reported
     metadata: dict[str, Any] = field(default_factory=dict)  # Slurm accounting of the task
     reused: bool = False  # done by an earlier run of this step; not run again
 
@@ -92,6 +94,7 @@ class TaskMessages:
         self.handler = PipesMessageHandler(context, reader)
         self.label = label
         self.opened = False
+        self.exception: str | None = None
 
     def line(self, raw: bytes | str) -> None:
         if not raw.strip():
@@ -109,6 +112,7 @@ class TaskMessages:
             params = dict(message["params"])
             params["message"] = f"[{self.label}] {params.get('message', '')}"
             message = {**message, "params": params}
+        self.exception = self.exception or closed_exception(message)
         self.handler.handle_message(message)
 
     def results(self) -> list[PipesExecutionResult]:
@@ -248,14 +252,17 @@ def record_successes_and_raise(context, kind: Kind, outcomes: Sequence[TaskOutco
     lines = [f"{len(failed)} of {len(outcomes)} {what} failed: "
              + ", ".join(o.task.label for o in failed[:20]) + (" ..." if len(failed) > 20 else "")]
     for o in failed[:10]:
-        why = (f"exit status {o.exit_code}" if o.exit_code else o.state) + ("" if o.opened or o.exit_code
-                                                                             else ", Pipes never opened")
-        lines.append(f"- {o.task.label} (job {o.job_id or 'local'}, {why})"
-                     + (":\n  " + tail(o.stderr_tail, 8, 600).replace("\n", "\n  ") if o.stderr_tail else ""))
+        why = (exit_text("", o.exit_code) if o.exit_code else o.state) + ("" if o.opened or o.exit_code
+                                                                         else ", Pipes never opened")
+        headline = exception_line(o.exception, o.stderr_tail)
+        lines.append(f"- {o.task.label} (job {o.job_id or 'local'}, {why})" + (f": {headline}" if headline else ""))
     if kind == "partitions":
         lines.append("The other partitions are recorded as materialized; re-execute the step to run only the "
                      "failed ones.")
+    if any(o.stderr_tail for o in failed):
+        lines.append("The failed tasks' stderr tails are in this failure's metadata.")
     raise SlurmJobError("\n".join(lines), failed[0].job_id, failed[0].state, str(failed[0].exit_code or ""),
                         failed[0].stderr_tail,
                         {f"failed_{what}": dg.MetadataValue.json([o.task.label for o in failed]),
-                         f"{what}_succeeded": sum(1 for o in outcomes if o.ok), f"{what}_total": len(outcomes)})
+                         f"{what}_succeeded": sum(1 for o in outcomes if o.ok), f"{what}_total": len(outcomes),
+                         **tasks_stderr_metadata([(o.task.label, o.stderr_tail) for o in failed[:10]])})

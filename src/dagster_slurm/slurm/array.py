@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from dagster_slurm.slurm.parse import TERMINAL_STATES, JobAccounting, config_value, parse_sacct
+from dagster_slurm.slurm.parse import TERMINAL_STATES, JobAccounting, config_value
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default: task ids 0..1000
 TASK_ID = re.compile(r"^(\d+)_(\d+)$")
@@ -73,10 +73,10 @@ def parse_max_array_size(scontrol_config: str) -> int:
     return int(value) if value and value.isdigit() else DEFAULT_MAX_ARRAY_SIZE
 
 
-def task_accounting(sacct_stdout: str, job_id: str) -> dict[int, JobAccounting]:
-    """Per task id, the accounting of array ``job_id``'s tasks (``sacct -j job_id`` output)."""
+def task_accounting(jobs: Mapping[str, JobAccounting], job_id: str) -> dict[int, JobAccounting]:
+    """Per task id, the accounting of array ``job_id``'s tasks (``parse_sacct`` of ``sacct -j job_id``)."""
     out: dict[int, JobAccounting] = {}
-    for listed, acct in parse_sacct(sacct_stdout).items():
+    for listed, acct in jobs.items():
         m = TASK_ID.match(listed)
         if m and m.group(1) == job_id:
             out[int(m.group(2))] = acct
@@ -94,7 +94,8 @@ def overall_state(states: Sequence[str]) -> str:
 
 
 def aggregate(job_id: str, tasks: Mapping[Any, JobAccounting]) -> JobAccounting:
-    """The array as one job: overall state, the longest task's elapsed time, summed node time."""
+    """The array as one job: overall state, the longest task's elapsed time, summed CPU time, the first
+    task's queue wait."""
     accts = list(tasks.values())
     state = overall_state([a.state for a in accts])
     worst = next((a for a in accts if a.state == state), accts[0]) if accts else None
@@ -106,4 +107,7 @@ def aggregate(job_id: str, tasks: Mapping[Any, JobAccounting]) -> JobAccounting:
         max_rss_bytes=max((a.max_rss_bytes for a in accts if a.max_rss_bytes is not None), default=None),
         ncpus=max((a.ncpus for a in accts), default=0), nnodes=max((a.nnodes for a in accts), default=0),
         partition=accts[0].partition if accts else "", nodelist=",".join(sorted({a.nodelist for a in accts})),
+        queue_wait_seconds=min((a.queue_wait_seconds for a in accts if a.queue_wait_seconds is not None), default=None),
+        requested_mem_bytes=accts[0].requested_mem_bytes if accts else None,
+        time_limit_seconds=accts[0].time_limit_seconds if accts else None,
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dagster_slurm.errors import DagsterSlurmError
@@ -20,7 +23,10 @@ JOB_ID = re.compile(r"^\d+(_\d+|_\[[0-9,%-]+\])?$")
 def only_unknown_job_ids(errors: list[str]) -> bool:
     """squeue/sacct errors that only say the jobs asked for are unknown (ended and purged): no failure."""
     return bool(errors) and all("Invalid job id specified" in e for e in errors)
-SACCT_FIELDS = "JobID,State,ExitCode,Elapsed,ElapsedRaw,TotalCPU,MaxRSS,NCPUS,NNodes,Partition,NodeList"
+# what one sacct call per job end asks for (job lines and step lines); recordings made before Submit..TimelimitRaw
+# were added carry the shorter list in their header and are parsed with it (``parse_sacct(fields=...)``)
+SACCT_FIELDS = ("JobID,State,ExitCode,Elapsed,ElapsedRaw,TotalCPU,MaxRSS,NCPUS,NNodes,Partition,NodeList,"
+                "Submit,Start,ReqMem,TimelimitRaw")
 
 
 def config_value(scontrol_config: str, key: str) -> str | None:
@@ -148,6 +154,9 @@ class JobAccounting:
     nnodes: int = 0
     partition: str = ""
     nodelist: str = ""
+    queue_wait_seconds: int | None = None  # Submit -> Start; None while pending or when never started
+    requested_mem_bytes: int | None = None  # for the whole job (a per-CPU request times the CPUs)
+    time_limit_seconds: int | None = None  # None: no limit (UNLIMITED) or not recorded
     accounted: bool = True  # False: state from squeue, no metrics (why: ``unaccounted_why``)
     unaccounted_why: str = "sacct failed"
 
@@ -164,32 +173,77 @@ class JobAccounting:
         cpu_time = self.elapsed_seconds * self.ncpus
         return min(self.total_cpu_seconds / cpu_time, 1.0) if cpu_time > 0 else None
 
-    def metadata(self, requested_partition: str | None = None) -> dict[str, object]:
-        """Dagster metadata. slurmdbd fills a job row's Partition only ~2 s after the job completed
-        (measured: empty in sacct right after the end), so an empty one falls back to the partition the job
-        asked for, and is left out when that is the cluster's default."""
+    def metadata(self, requested: Mapping[str, str] | None = None) -> dict[str, object]:
+        """Dagster metadata: one value per quantity, numbers as numbers (they plot over time in the UI).
+
+        slurmdbd completes a job's row only ~1.5 s after the job ended (recorded: Partition empty, ReqMem
+        ``16?``, TimelimitRaw empty right after the end), so missing values fall back to what the job asked
+        for (``requested``: its sbatch directives); a partition it did not ask for (the cluster's
+        default) is then left out."""
+        requested = requested or {}
         if not self.accounted:
             return {"slurm_job_id": self.job_id, "slurm_state": self.state,
                     "slurm_accounting": f"unavailable ({self.unaccounted_why}): no metrics"}
+        limit = self.time_limit_seconds or parse_time_limit(requested.get("time", ""))
+        mem = self.requested_mem_bytes or _requested_mem(requested, self.ncpus)
         meta: dict[str, object] = {
             "slurm_job_id": self.job_id,
             "slurm_state": self.state,
             "slurm_exit_code": self.exit_code,
-            "slurm_elapsed": self.elapsed,
             "slurm_elapsed_seconds": self.elapsed_seconds,
-            "slurm_node_hours": round(self.node_hours, 6),
-            "slurm_cpus": self.ncpus,
-            "slurm_partition": self.partition or requested_partition or "",
-            "slurm_nodes": self.nodelist,
         }
-        if not meta["slurm_partition"]:
-            del meta["slurm_partition"]
+        if self.queue_wait_seconds is not None:
+            meta["slurm_queue_wait_seconds"] = self.queue_wait_seconds
+        if limit is not None:
+            meta["slurm_time_limit_seconds"] = limit
+        meta["slurm_node_hours"] = significant(self.node_hours)
+        meta["slurm_cpus"] = self.ncpus
         if self.cpu_efficiency is not None:
-            meta["slurm_cpu_efficiency"] = round(self.cpu_efficiency, 4)
+            meta["slurm_cpu_efficiency_percent"] = round(100 * self.cpu_efficiency, 1)
         if self.max_rss_bytes is not None:
-            meta["slurm_max_rss_bytes"] = self.max_rss_bytes
-            meta["slurm_max_rss_mb"] = round(self.max_rss_bytes / 2**20, 2)
+            meta["slurm_max_rss_mb"] = round(self.max_rss_bytes / 2**20, 1)
+        if mem is not None:
+            meta["slurm_requested_mem_mb"] = round(mem / 2**20, 1)
+        partition = self.partition or requested.get("partition")
+        if partition:
+            meta["slurm_partition"] = partition
+        meta["slurm_nodes"] = self.nodelist
         return meta
+
+
+def parse_time_limit(text: str) -> int | None:
+    """sbatch ``--time`` in seconds: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``;
+    ``UNLIMITED``/``INFINITE``/empty -> None."""
+    m = re.fullmatch(r"\s*(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\s*", text or "")
+    if not m:
+        return None
+    days, a, b, c = m.groups()
+    first, second, third = int(a), int(b or 0), int(c or 0)
+    if days is not None:  # D-HH[:MM[:SS]]
+        return int(days) * 86400 + first * 3600 + second * 60 + third
+    if c is not None:  # HH:MM:SS
+        return first * 3600 + second * 60 + third
+    return first * 60 + second  # MM[:SS]
+
+
+def parse_mem_request(text: str) -> int | None:
+    """sbatch ``--mem``/``--mem-per-cpu`` in bytes: ``4G``, ``512M``, ``100K``, ``1T``; a bare number is MB."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", text or "", re.I)
+    if not m:
+        return None
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "M").upper()])
+
+
+def _requested_mem(directives: Mapping[str, str], ncpus: int) -> int | None:
+    if directives.get("mem"):
+        return parse_mem_request(directives["mem"])
+    per_cpu = parse_mem_request(directives.get("mem-per-cpu", ""))
+    return per_cpu * max(ncpus, 1) if per_cpu else None
+
+
+def significant(value: float, digits: int = 3) -> float:
+    """``value`` to ``digits`` significant digits: a 2 s job's node-hours stay 0.000556, never 0."""
+    return float(f"{value:.{digits}g}")
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
@@ -216,9 +270,28 @@ def parse_duration(text: str) -> float:
     return days * 86400 + seconds
 
 
-def parse_sacct(stdout: str) -> dict[str, JobAccounting]:
-    """``sacct -P -n -o <SACCT_FIELDS>`` (job lines and step lines) -> one record per job."""
-    names = SACCT_FIELDS.split(",")
+def parse_timestamp(text: str) -> float | None:
+    """sacct's ``2026-12-04T13:53:35`` (the cluster's local time) -> seconds; ``Unknown``/``None`` -> None.
+    Only differences of two such values are meaningful (both in the cluster's time zone)."""
+    try:
+        return float(calendar.timegm(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def parse_requested_mem(text: str, ncpus: int, nnodes: int) -> int | None:
+    """sacct ReqMem: ``32M`` (22.05+, for the job), or the older ``32Mn`` (per node) / ``32Mc`` (per CPU)."""
+    text = (text or "").strip()
+    per = text[-1:] if text[-1:] in ("n", "c") else ""
+    size = parse_size(text[:-1] if per else text)
+    if size is None or size == 0:
+        return None
+    return size * (max(ncpus, 1) if per == "c" else max(nnodes, 1) if per == "n" else 1)
+
+
+def parse_sacct(stdout: str, fields: str = SACCT_FIELDS) -> dict[str, JobAccounting]:
+    """``sacct -P -n -o <fields>`` (job lines and step lines) -> one record per job."""
+    names = fields.split(",")
     rows = [dict(zip(names, line.split("|"), strict=True)) for line in stdout.splitlines() if line.count("|") == len(names) - 1]
     jobs: dict[str, JobAccounting] = {}
     max_rss: dict[str, int] = {}
@@ -229,6 +302,9 @@ def parse_sacct(stdout: str) -> dict[str, JobAccounting]:
             max_rss[job_id] = max(max_rss.get(job_id, 0), rss)
         if step:
             continue
+        submit, start = parse_timestamp(row.get("Submit", "")), parse_timestamp(row.get("Start", ""))
+        limit = row.get("TimelimitRaw", "")
+        ncpus, nnodes = int(row["NCPUS"] or 0), int(row["NNodes"] or 0)
         jobs[job_id] = JobAccounting(
             job_id=job_id,
             state=normalise_state(row["State"]),
@@ -236,10 +312,13 @@ def parse_sacct(stdout: str) -> dict[str, JobAccounting]:
             elapsed=row["Elapsed"],
             elapsed_seconds=int(row["ElapsedRaw"] or 0),
             total_cpu_seconds=parse_duration(row["TotalCPU"]),
-            ncpus=int(row["NCPUS"] or 0),
-            nnodes=int(row["NNodes"] or 0),
+            ncpus=ncpus,
+            nnodes=nnodes,
             partition=row["Partition"],
             nodelist=row["NodeList"],
+            queue_wait_seconds=int(start - submit) if submit is not None and start is not None else None,
+            requested_mem_bytes=parse_requested_mem(row.get("ReqMem", ""), ncpus, nnodes),
+            time_limit_seconds=int(limit) * 60 if limit.isdigit() else None,
         )
     return {
         job_id: JobAccounting(**{**acct.__dict__, "max_rss_bytes": max_rss.get(job_id)})
