@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# testcluster.sh - a real single-node Slurm cluster plus an OpenSSH server on loopback.
+# testcluster.sh - a real Slurm cluster (one node, plus three more slurmd for multi-node jobs) and an OpenSSH server on loopback.
 #
 # For integration tests of dagster-slurm on a Debian 12 machine where we are root and
 # PID 1 is not systemd (so every daemon is started by hand, in order):
 #
-#   munged -> mariadbd -> slurmdbd -> slurmctld -> slurmd -> sshd -> sshd (OTP)
+#   munged -> mariadbd -> slurmdbd -> slurmctld -> slurmd (vm, n1..n3) -> sshd -> sshd (OTP)
 #
 # The second sshd (port $TESTCLUSTER_OTP_PORT) behaves like many HPC login nodes: it demands
 # the key AND a one-time code (TOTP through PAM/pam_oath); see write_otp_files.
@@ -45,6 +45,12 @@ TEST_HOME=/home/$TEST_USER
 SLURM_ACCOUNT=dagster
 CLUSTER_NAME=testcluster
 NODE_NAME="$(hostname -s)"
+# Three more compute nodes on this machine, each a slurmd of its own (own port, spool, pid and log),
+# in a partition of their own for multi-node jobs (srun, torchrun, Ray). They share the hostname and
+# 127.0.0.1, so services started per node need distinct ports.
+MULTI_NODES=(n1 n2 n3)
+MULTI_PORT_BASE=17001
+MULTI_PARTITION=multinode
 
 PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server
     libpam-oath oathtool)
@@ -52,7 +58,8 @@ PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-se
 SLURM_ETC=/etc/slurm
 SLURM_LOG_DIR=/var/log/slurm
 SLURMCTLD_PID=/run/slurmctld.pid
-SLURMD_PID=/run/slurmd.pid
+SLURMD_LOG=$SLURM_LOG_DIR/slurmd-$NODE_NAME.log
+LEGACY_SLURMD_PID=/run/slurmd.pid   # one slurmd only, before the multi-node partition
 SLURMDBD_PID=/run/slurmdbd.pid
 MUNGE_PID=/run/munge/munged.pid
 MUNGE_LOG=/var/log/munge/munged.log
@@ -220,7 +227,9 @@ install_packages() {
 setup_dirs() {
     chmod 0755 "$TESTCLUSTER_DIR"
     id slurm >/dev/null 2>&1 || die "user 'slurm' missing (slurm packages not installed?)"
-    mkdir -p "$SLURM_ETC" "$SLURM_LOG_DIR" /var/spool/slurmctld /var/spool/slurmd /run/sshd
+    mkdir -p "$SLURM_ETC" "$SLURM_LOG_DIR" /var/spool/slurmctld /run/sshd
+    local node
+    for node in "$NODE_NAME" "${MULTI_NODES[@]}"; do mkdir -p "/var/spool/slurmd/$node"; done
     chown slurm:slurm "$SLURM_LOG_DIR" /var/spool/slurmctld
     chmod 0755 /run/sshd
     # munge: /run/munge for the socket, key 0600 munge:munge in a 0700 directory.
@@ -310,11 +319,11 @@ SlurmdUser=root
 AuthType=auth/munge
 MpiDefault=none
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=$SLURMCTLD_PID
-SlurmdPidFile=$SLURMD_PID
+SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=$SLURM_LOG_DIR/slurmctld.log
-SlurmdLogFile=$SLURM_LOG_DIR/slurmd.log
+SlurmdLogFile=$SLURM_LOG_DIR/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 MailProg=/bin/true
@@ -344,6 +353,8 @@ JobCompType=jobcomp/none
 NodeName=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1} RealMemory=$realmem State=UNKNOWN
 PartitionName=debug Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
 PartitionName=batch Nodes=$NODE_NAME Default=NO MaxTime=INFINITE State=UP
+NodeName=n[1-${#MULTI_NODES[@]}] NodeHostname=$NODE_NAME NodeAddr=127.0.0.1 Port=[$MULTI_PORT_BASE-$((MULTI_PORT_BASE + ${#MULTI_NODES[@]} - 1))] CPUs=1 RealMemory=$((defmem * 2)) State=UNKNOWN
+PartitionName=$MULTI_PARTITION Nodes=n[1-${#MULTI_NODES[@]}] Default=NO MaxTime=INFINITE State=UP
 EOF
 
     write_if_changed "$SLURM_ETC/cgroup.conf" 0644 root:root <<EOF && SLURM_CONF_CHANGED=1 || true
@@ -551,9 +562,13 @@ probe_slurmdbd() { timeout 10 sacctmgr -n show cluster >/dev/null 2>&1; }
 probe_slurmctld() { pid_alive "$SLURMCTLD_PID" slurmctld && timeout 10 sinfo -h >/dev/null 2>&1; }
 # slurmd: our node is registered and usable (idle/mixed/allocated, not down/unknown/'*').
 probe_slurmd() {
+    local node
+    for node in "$NODE_NAME" "${MULTI_NODES[@]}"; do probe_node "$node" || return 1; done
+}
+probe_node() {
     local state
-    pid_alive "$SLURMD_PID" slurmd && pid_alive "$SLURMCTLD_PID" slurmctld || return 1
-    state=$(timeout 10 sinfo -h -N -n "$NODE_NAME" -o '%T' 2>/dev/null | head -n 1) || return 1
+    pid_alive "/run/slurmd-$1.pid" slurmd && pid_alive "$SLURMCTLD_PID" slurmctld || return 1
+    state=$(timeout 10 sinfo -h -N -n "$1" -o '%T' 2>/dev/null | head -n 1) || return 1
     [[ $state =~ ^(idle|mixed|allocated|completing)$ ]]
 }
 probe_sshd() { timeout 10 ssh -i "$USER_KEY" -p "$SSH_PORT" -o BatchMode=yes -o ConnectTimeout=5 \
@@ -653,34 +668,45 @@ start_slurmctld() {
     wait_for slurmctld "$SLURM_LOG_DIR/slurmctld.log" "$SLURMCTLD_PID" slurmctld probe_slurmctld
 }
 
-# Start slurmd; returns 1 (instead of exiting) if it does not come up, so the caller can
-# retry with the cgroup-less fallback configuration.
+# Start every slurmd (this machine's node, then the multi-node partition's); returns 1 (instead of
+# exiting) if one does not come up, so the caller can retry with the cgroup-less fallback configuration.
 start_slurmd() {
-    if ! pid_alive "$SLURMD_PID" slurmd; then
-        log "starting slurmd"
-        rm -f "$SLURMD_PID"
-        (launch slurmd "$SLURM_LOG_DIR/slurmd.out" /usr/sbin/slurmd -N "$NODE_NAME") || return 1
+    local node
+    for node in "$NODE_NAME" "${MULTI_NODES[@]}"; do start_node "$node" || return 1; done
+}
+start_node() {
+    local node=$1 pidfile=/run/slurmd-$1.pid
+    if ! pid_alive "$pidfile" slurmd; then
+        log "starting slurmd for node $node"
+        rm -f "$pidfile"
+        (launch "slurmd $node" "$SLURM_LOG_DIR/slurmd-$node.out" /usr/sbin/slurmd -N "$node") || return 1
     fi
     local t0=$SECONDS
-    while ! probe_slurmd; do
+    while ! probe_node "$node"; do
         # slurmd died (e.g. refused the cgroup plugins): give up early.
-        if ((SECONDS - t0 >= 2)) && ! pid_alive "$SLURMD_PID" slurmd; then
+        if ((SECONDS - t0 >= 2)) && ! pid_alive "$pidfile" slurmd; then
             sleep 1
-            pid_alive "$SLURMD_PID" slurmd || return 1
+            pid_alive "$pidfile" slurmd || return 1
         fi
         ((SECONDS - t0 < WAIT_TIMEOUT)) || return 1
         # A node left DOWN/DRAIN by an earlier failure: bring it back.
-        if timeout 5 sinfo -h -N -n "$NODE_NAME" -o '%T' 2>/dev/null | grep -qE 'down|drain'; then
-            timeout 5 scontrol update nodename="$NODE_NAME" state=resume >/dev/null 2>&1 || true
+        if timeout 5 sinfo -h -N -n "$node" -o '%T' 2>/dev/null | grep -qE 'down|drain'; then
+            timeout 5 scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
         fi
         sleep 0.2
     done
 }
 
+stop_slurmds() {
+    local node
+    stop_pidfile slurmd "$LEGACY_SLURMD_PID" slurmd
+    for node in "$NODE_NAME" "${MULTI_NODES[@]}"; do stop_pidfile "slurmd $node" "/run/slurmd-$node.pid" slurmd; done
+}
+
 start_slurm_daemons() {
     # slurm.conf/cgroup.conf changed: slurmctld and slurmd must both restart.
     if ((SLURM_CONF_CHANGED)); then
-        stop_pidfile slurmd "$SLURMD_PID" slurmd
+        stop_slurmds
         stop_pidfile slurmctld "$SLURMCTLD_PID" slurmctld
     fi
     start_slurmctld
@@ -689,18 +715,18 @@ start_slurm_daemons() {
         return 0
     fi
     if [[ $CGROUP_WANTED == auto && $(cgroup_mode) == cgroup ]]; then
-        log "slurmd did not come up with cgroup plugins; last lines of $SLURM_LOG_DIR/slurmd.log:"
-        tail -n 10 "$SLURM_LOG_DIR/slurmd.log" >&2 || true
+        log "slurmd did not come up with cgroup plugins; last lines of $SLURMD_LOG:"
+        tail -n 10 "$SLURMD_LOG" >&2 || true
         log "falling back to proctrack/linuxproc + task/none + OverMemoryKill"
         echo fallback >"$CGROUP_MODE_FILE"
         write_slurm_conf fallback
-        stop_pidfile slurmd "$SLURMD_PID" slurmd
+        stop_slurmds
         stop_pidfile slurmctld "$SLURMCTLD_PID" slurmctld
         start_slurmctld
         start_slurmd && return 0
     fi
-    log "slurmd did not come up within ${WAIT_TIMEOUT}s; last lines of $SLURM_LOG_DIR/slurmd.log:"
-    tail -n 25 "$SLURM_LOG_DIR/slurmd.log" >&2 || true
+    log "a slurmd did not come up within ${WAIT_TIMEOUT}s; last lines of their logs:"
+    tail -n 25 "$SLURM_LOG_DIR"/slurmd-*.log >&2 || true
     exit 1
 }
 
@@ -730,7 +756,7 @@ start_otp_sshd() {
 }
 
 print_summary() {
-    log "cluster '$CLUSTER_NAME' is up (node $NODE_NAME, partitions debug* and batch, $(cgroup_mode) mode)"
+    log "cluster '$CLUSTER_NAME' is up (node $NODE_NAME: partitions debug* and batch; nodes ${MULTI_NODES[*]}: partition $MULTI_PARTITION; $(cgroup_mode) mode)"
     cat >&2 <<EOF
   ssh:          ssh -i $USER_KEY -o UserKnownHostsFile=$KNOWN_HOSTS -p $SSH_PORT $TEST_USER@$SSH_HOST
   host/port:    $SSH_HOST:$SSH_PORT   user: $TEST_USER
@@ -797,7 +823,7 @@ cmd_stop() {
     fi
     stop_pidfile "sshd (OTP)" "$OTP_SSHD_PID" sshd
     stop_pidfile sshd "$SSHD_PID" sshd
-    stop_pidfile slurmd "$SLURMD_PID" slurmd
+    stop_slurmds
     stop_pidfile slurmctld "$SLURMCTLD_PID" slurmctld
     stop_pidfile slurmdbd "$SLURMDBD_PID" slurmdbd
     stop_pidfile mariadbd "$MYSQL_PID" mariadbd
