@@ -32,3 +32,31 @@ def make_pipes_env(transport, path: str) -> str:
             transport.put_file(os.path.join(src, name), f"{env}/lib/site/dagster_pipes/{name}")
     transport.write_bytes(f"{path}/activate.sh", ACTIVATE.format(env=shlex.quote(env)).encode())
     return path
+
+
+TORCH_WHEELS = "/opt/wheels"  # this kind of machine keeps a CPU build of torch for Python 3.11 there
+
+
+def make_torch_env(transport, path: str) -> str:
+    """A pre-deployed environment with torch (CPU) and dagster-pipes, built once on the cluster with a
+    venv from the local torch wheel (its dependencies come from PyPI)."""
+    path = transport.absolute(path)
+    if transport.stat_size(f"{path}/activate.sh") is not None:
+        return path
+    wheels = sorted(name for name in os.listdir(TORCH_WHEELS) if name.startswith("torch-") and "+cpu-cp311" in name) \
+        if os.path.isdir(TORCH_WHEELS) else []
+    if not wheels:
+        raise RuntimeError(f"no CPU torch wheel for Python 3.11 in {TORCH_WHEELS}: the torchrun test needs one")
+    env = f"{path}/env"
+    transport.run(f"rm -rf {shlex.quote(path)} && python3 -m venv {shlex.quote(env)} && "
+                  f"{shlex.quote(env)}/bin/pip install -q --disable-pip-version-check "
+                  f"{shlex.quote(TORCH_WHEELS + '/' + wheels[-1])}", timeout=900)
+    site = transport.run(f"{shlex.quote(env)}/bin/python -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))'"
+                         ).stdout.strip()
+    src = os.path.dirname(dagster_pipes.__file__)
+    transport.mkdir_p(f"{site}/dagster_pipes")
+    for name in os.listdir(src):
+        if name.endswith((".py", ".typed")):
+            transport.put_file(os.path.join(src, name), f"{site}/dagster_pipes/{name}")
+    transport.write_bytes(f"{path}/activate.sh", f". {shlex.quote(env)}/bin/activate\n".encode())
+    return path

@@ -3,7 +3,7 @@ public API with a real DagsterInstance (DAGSTER_HOME), the multiprocess executor
 
 Usage: python reexec_job.py run|reexec
 Environment: DAGSTER_HOME, TEST_ASSET (asset name), TEST_PAYLOAD, TEST_SECONDS, TEST_REMOTE_BASE, TEST_ENV,
-optionally TEST_COMMAND_TIMEOUT,
+optionally TEST_COMMAND_TIMEOUT and TEST_NODES (run on that many nodes of the multinode partition, srun),
 the cluster's SLURM_EDGE_NODE_* settings and TESTCLUSTER_KNOWN_HOSTS.
 Prints "SUCCESS" or "FAILURE" at the end.
 """
@@ -13,14 +13,23 @@ import sys
 
 import dagster as dg
 
-from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource, SSHConnectionResource
+from dagster_slurm import (
+    ComputeResource,
+    SlurmQueueConfig,
+    SlurmResource,
+    SrunLauncher,
+    SSHConnectionResource,
+)
 
 
 @dg.asset(name=os.environ["TEST_ASSET"])
 def sleeper(context: dg.AssetExecutionContext, compute: ComputeResource):
     seconds = float(os.environ["TEST_SECONDS"])
-    return compute.run(context=context, payload_path=os.environ["TEST_PAYLOAD"],
-                       extras={"seconds": seconds}).get_results()
+    nodes = int(os.environ.get("TEST_NODES", "0"))  # >0: every node runs the payload (srun), multinode partition
+    return compute.run(context=context, payload_path=os.environ["TEST_PAYLOAD"], extras={"seconds": seconds},
+                       launcher=SrunLauncher() if nodes else None,
+                       resource_requirements={"partition": "multinode", "num_nodes": nodes} if nodes else None,
+                       ).get_results()
 
 
 def resources() -> dict:

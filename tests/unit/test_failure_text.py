@@ -60,3 +60,10 @@ def test_stderr_is_one_fenced_markdown_block():
     assert stderr_metadata("  \n") == {}
     tasks = tasks_stderr_metadata([("a", "boom"), ("b", "")])["slurm_stderr_tails"].value
     assert tasks == "**a**\n\n```\nboom\n```"
+
+
+def test_a_ranks_traceback_names_the_rank():
+    stderr = ("[rank 0@n1] waiting\n[rank 2@n3] Traceback (most recent call last):\n"
+              "[rank 2@n3]   File \"p.py\", line 3, in <module>\n[rank 0@n1] still waiting\n"
+              "[rank 2@n3] ValueError: rank 2 gave up\nsrun: error: n3: task 2: Exited with exit code 1\n")
+    assert exception_line(None, stderr) == "[rank 2@n3] ValueError: rank 2 gave up"

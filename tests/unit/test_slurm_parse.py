@@ -70,7 +70,7 @@ def test_sacct_recordings_name_their_fields(name):
 
 
 def test_recordings_with_todays_fields_exist():
-    assert {"sacct_waited.txt", "sacct_array_throttled.txt"} <= {p.name for p in DATA.glob("sacct_*.txt")
+    assert {"sacct_waited.txt", "sacct_array_throttled.txt", "sacct_multinode_just_ended.txt"} <= {p.name for p in DATA.glob("sacct_*.txt")
                                                             if fields_of(p.name) == SACCT_FIELDS}
 
 
@@ -403,6 +403,21 @@ def test_right_after_the_end_missing_values_fall_back_to_the_request():
     assert not {"slurm_partition", "slurm_requested_mem_mb", "slurm_time_limit_seconds"} & set(acct.metadata())
     assert one("sacct_waited.txt").metadata({"mem": "1G", "time": "9"})["slurm_requested_mem_mb"] == 100.0  # sacct wins
     assert acct.metadata({"mem-per-cpu": "64M"})["slurm_requested_mem_mb"] == 64.0
+
+
+@pytest.mark.parametrize(("text", "size"), [("vm", 1), ("n[1-3]", 3), ("n[1-3,7],gpu2", 5), ("None assigned", 0),
+                                            ("", 0), ("a[01-10]", 10)])
+def test_host_list_sizes(text, size):
+    from dagster_slurm.slurm.parse import hostlist_size
+
+    assert hostlist_size(text) == size
+
+
+def test_a_multinode_job_right_after_its_end_lists_all_its_nodes():
+    """Recorded: for seconds after the end the job row says n1; its srun step ran on n[1-3]."""
+    acct = one("sacct_multinode_just_ended.txt")
+    assert (acct.nnodes, acct.nodelist, acct.max_rss_bytes) == (3, "n[1-3]", 3340 * 1024)
+    assert one("sacct_completed.txt").nodelist == "vm"  # one node: the job's own row
 
 
 def test_a_pending_job_has_no_queue_wait_yet():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import dagster as dg
+from dagster_pipes import encode_param
 from pydantic import Field, model_validator
 
 from dagster_slurm.config.strict import reject_unknown
@@ -33,6 +35,15 @@ class Launcher(dg.Config):
     def command(self, payload: str, *, local: bool) -> list[str]:
         raise NotImplementedError(f"{type(self).__name__} must define command(payload, *, local) -> list[str]")
 
+    def sbatch_directives(self) -> dict[str, str]:
+        """sbatch options this launcher needs (e.g. ``ntasks-per-node``); the queue settings and the
+        asset's resource requirements win over them."""
+        return {}
+
+    def job_env(self) -> dict[str, str]:
+        """Environment variables the job script exports for this launcher (Slurm mode)."""
+        return {}
+
 
 class BashLauncher(Launcher):
     """Run a Python payload with an interpreter, from a bash job script (Slurm) or a subprocess (local).
@@ -47,3 +58,109 @@ class BashLauncher(Launcher):
     def command(self, payload: str, *, local: bool) -> list[str]:
         python = sys.executable if local and self.python == "python" else self.python
         return [python, payload, *self.args]
+
+
+# Runs as each rank of a multi-rank job: says which rank it is, lets only rank 0 write Dagster Pipes
+# messages (the others read the same context, extras included, and write their messages to
+# $DAGSTER_SLURM_PIPES_OFF, which points at /dev/null), and prefixes every line of the rank's stdout and
+# stderr with "[rank R@node]". RANK is torchrun's global rank; SLURM_PROCID srun's task rank.
+RANK_SHIM = r"""r=${RANK:-${SLURM_PROCID:-0}}
+where="rank $r@${SLURMD_NODENAME:-$(hostname -s)}"
+export DAGSTER_SLURM_RANK="$r" DAGSTER_SLURM_WORLD_SIZE="${WORLD_SIZE:-${SLURM_NTASKS:-1}}" PYTHONUNBUFFERED=1
+if [ "$r" != 0 ]; then export DAGSTER_PIPES_MESSAGES="$DAGSTER_SLURM_PIPES_OFF"; fi
+exec "$@" > >(exec sed -u "s/^/[$where] /") 2> >(exec sed -u "s/^/[$where] /" >&2)
+"""
+
+# srun in the allocation; --cpus-per-task is passed on explicitly (srun of Slurm 22.05 no longer
+# inherits it from sbatch). A rank that fails ends the others (--kill-on-bad-exit).
+_SRUN = r"""exec srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} "$@"
+"""
+
+# One torchrun per node; the rendezvous (c10d) on the allocation's first node, at the address Slurm
+# knows it by and a port free there (this script runs on that node).
+_TORCHRUN = r"""set -eu
+nproc=$1 torchrun=$2 port=$3; shift 3
+head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+addr=$(scontrol show node "$head" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n 1)
+if [ -z "$port" ]; then
+  port=$(python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
+fi
+echo "dagster-slurm: torchrun rendezvous at ${addr:-$head}:$port on $SLURM_JOB_NUM_NODES node(s), $nproc process(es) each" >&2
+exec srun --kill-on-bad-exit=1 --ntasks-per-node=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \
+  "$torchrun" --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node="$nproc" --rdzv-backend=c10d \
+  --rdzv-endpoint="${addr:-$head}:$port" --rdzv-id="$SLURM_JOB_ID" --no-python "$@"
+"""
+
+
+def _local_rank_zero(python: str, payload: str, args: Sequence[str], **extra: str) -> list[str]:
+    """Local mode of a multi-rank launcher: one process, rank 0 of 1."""
+    env = {"DAGSTER_SLURM_RANK": "0", "DAGSTER_SLURM_WORLD_SIZE": "1", **extra}
+    return ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable if python == "python" else python,
+            payload, *args]
+
+
+class _MultiRank(Launcher):
+    def job_env(self) -> dict[str, str]:
+        return {"DAGSTER_SLURM_PIPES_OFF": encode_param({"path": "/dev/null"})}  # see RANK_SHIM
+
+
+class SrunLauncher(_MultiRank):
+    """Run the payload on every task of the allocation with ``srun`` (MPI style): ``num_nodes`` nodes
+    times ``ntasks_per_node`` ranks.
+
+    Rank 0 writes the Dagster Pipes messages; the other ranks get the same context (extras, partition
+    key) but their messages are dropped, so the payload needs no rank checks for Pipes. A payload learns
+    its rank from ``DAGSTER_SLURM_RANK`` (and the world size from ``DAGSTER_SLURM_WORLD_SIZE``), as well as
+    Slurm's own ``SLURM_PROCID``/``SLURM_NTASKS``. Every line a rank prints reaches the compute logs
+    prefixed ``[rank R@node]``. In local mode the payload runs once, as rank 0 of 1.
+    """
+
+    ntasks_per_node: int | None = Field(default=None, description="Ranks per node (--ntasks-per-node); "
+                                        "None: the allocation's (one per node unless set elsewhere).")
+    mpi: str | None = Field(default=None, description="srun --mpi plugin, e.g. 'pmi2'; None: the cluster's default.")
+    python: str = Field(default="python", description="Interpreter to run the payload with.")
+    args: list[str] = Field(default_factory=list, description="Extra arguments passed to the payload.")
+    srun_args: list[str] = Field(default_factory=list, description="Further srun arguments, e.g. ['--cpu-bind=cores'].")
+
+    def sbatch_directives(self) -> dict[str, str]:
+        return {"ntasks-per-node": str(self.ntasks_per_node)} if self.ntasks_per_node else {}
+
+    def command(self, payload: str, *, local: bool) -> list[str]:
+        if local:
+            return _local_rank_zero(self.python, payload, self.args)
+        options = [f"--ntasks-per-node={self.ntasks_per_node}"] if self.ntasks_per_node else []
+        options += [f"--mpi={self.mpi}"] if self.mpi else []
+        return ["bash", "-c", _SRUN, "dagster-slurm-srun", *options, *self.srun_args,
+                "bash", "-c", RANK_SHIM, "dagster-slurm-rank", self.python, payload, *self.args]
+
+
+class TorchrunLauncher(_MultiRank):
+    """Distributed PyTorch: one ``torchrun`` per node (started by srun), ``nproc_per_node`` processes
+    each, rendezvous (c10d) on the allocation's first node at a free port; ``--nnodes`` comes from the
+    allocation. The payload calls ``torch.distributed.init_process_group()`` as under any torchrun
+    (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``... are set). Pipes and log prefixes as for
+    :class:`SrunLauncher` (global rank 0 writes the messages). In local mode: one process, rank 0 of 1,
+    with ``MASTER_ADDR=127.0.0.1`` and a free ``MASTER_PORT``, so ``init_process_group`` works unchanged.
+    """
+
+    nproc_per_node: int = Field(default=1, description="Processes per node (torchrun --nproc-per-node).")
+    rdzv_port: int | None = Field(default=None, description="Rendezvous port on the first node; None: a free one.")
+    torchrun: str = Field(default="torchrun", description="The torchrun executable (from the environment).")
+    python: str = Field(default="python", description="Interpreter each process runs the payload with.")
+    args: list[str] = Field(default_factory=list, description="Extra arguments passed to the payload.")
+
+    def sbatch_directives(self) -> dict[str, str]:
+        return {"ntasks-per-node": "1"}
+
+    def command(self, payload: str, *, local: bool) -> list[str]:
+        if local:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            return _local_rank_zero(self.python, payload, self.args, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                                    LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        return ["bash", "-c", _TORCHRUN, "dagster-slurm-torchrun", str(self.nproc_per_node), self.torchrun,
+                str(self.rdzv_port or ""), "bash", "-c", RANK_SHIM, "dagster-slurm-rank", self.python, payload,
+                *self.args]

@@ -320,11 +320,11 @@ class ComputeResource(dg.ConfigurableResource):
         extra_uploads, extra_digest = extra_file_uploads([*(self.default_extra_files or []), *(extra_files or [])])
         uploads = [*uploads, *extra_uploads]
         payload_bytes += extra_digest
-        directives = queue_directives(
+        directives = {**launcher.sbatch_directives(), **queue_directives(
             slurm.queue.model_dump(),
             {**(metadata.get(RESOURCES_METADATA_KEY) or {}), **(resource_requirements or {})},
             cluster_options=lambda: sbatch_options_from_help(probe(transport, "sbatch --help", check=False)),
-        )
+        )}
         command = launcher.command(remote_payload, local=False)
         request = SlurmJobRequest(
             folder=folder,
@@ -336,7 +336,7 @@ class ComputeResource(dg.ConfigurableResource):
             command=command,
             directives=directives,
             activate=f"{env_path}/activate.sh",
-            env=extra_env,
+            env={**launcher.job_env(), **extra_env},
             uploads=uploads,
             keep_run_dir=self.debug_mode,
             metadata={"slurm_environment": dg.MetadataValue.path(env_path), **env.metadata},

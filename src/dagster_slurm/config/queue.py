@@ -67,15 +67,24 @@ class SlurmQueueConfig(dg.Config):
     @model_validator(mode="before")
     @classmethod
     def _no_unknown_settings(cls, data):
+        if isinstance(data, dict) and "cpus_per_task" in data:  # sbatch's name for ``cpus``
+            data = dict(data)
+            alias = data.pop("cpus_per_task")
+            if "cpus" in data and data["cpus"] != alias:
+                raise ConfigurationError(f"SlurmQueueConfig: cpus={data['cpus']!r} and cpus_per_task={alias!r} "
+                                         "are the same setting; give one of them.")
+            data["cpus"] = alias
         return reject_unknown(cls, data)
-
 
     partition: str | None = Field(default=None, description="Partition (queue). Default: the cluster's.")
     time_limit: str = Field(default="01:00:00", description="Wall-clock limit, e.g. '00:30:00'.")
-    cpus: int = Field(default=1, description="CPUs per task (--cpus-per-task).")
+    cpus: int = Field(default=1, description="CPUs per task (--cpus-per-task; ``cpus_per_task`` is accepted too).")
+    ntasks_per_node: int | None = Field(default=None, description="Tasks (ranks) per node (--ntasks-per-node); "
+                                        "None: Slurm's default, or what the launcher asks for.")
     mem: str | None = Field(default=None, description="Memory per node, e.g. '4G' (--mem).")
     mem_per_cpu: str | None = Field(default=None, description="Memory per CPU (--mem-per-cpu); not with mem.")
     gpus_per_node: int = Field(default=0, description="GPUs per node (--gpus-per-node); 0 for none.")
+    gpu_type: str | None = Field(default=None, description="GPU type, e.g. 'a100' (--gpus-per-node=a100:N).")
     num_nodes: int = Field(default=1, description="Number of nodes (--nodes).")
     qos: str | None = Field(default=None, description="Quality of service (--qos).")
     account: str | None = Field(default=None, description="Account to charge (--account).")

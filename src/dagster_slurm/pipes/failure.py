@@ -12,6 +12,8 @@ import dagster as dg
 
 from dagster_slurm.errors import tail
 
+# what a multi-rank launcher puts before each line of a rank's output (see compute.launchers.RANK_SHIM)
+_RANK_PREFIX = re.compile(r"^(\[rank \d+@[^\]]*\] )?(.*)$")
 # the last line of a Python traceback: "ValueError: bad", "pkg.mod.CustomError: x", "KeyboardInterrupt"
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure|Warning)\b(: .*)?$")
 
@@ -33,15 +35,16 @@ def exception_line(pipes_exception: str | None, stderr_tail: str) -> str | None:
     Python traceback (the first unindented line after it), else the last line that looks like one."""
     if pipes_exception:
         return pipes_exception
-    lines = stderr_tail.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    lines = [(m.group(1) or "", m.group(2)) for m in map(_RANK_PREFIX.match, stderr_tail.splitlines()) if m]
+    starts = [i for i, (_p, text) in enumerate(lines) if text.startswith("Traceback (most recent call last)")]
     if starts:
-        for line in lines[starts[-1] + 1:]:
-            if line.strip() and not line[0].isspace():
-                return line.strip()
-    for line in reversed(lines):
-        if _EXCEPTION_LINE.match(line.strip()):
-            return line.strip()
+        prefix = lines[starts[-1]][0]
+        for line_prefix, text in lines[starts[-1] + 1:]:
+            if line_prefix == prefix and text.strip() and not text[0].isspace():
+                return prefix + text.strip()
+    for prefix, text in reversed(lines):
+        if _EXCEPTION_LINE.match(text.strip()):
+            return prefix + text.strip()
     return None
 
 

@@ -289,17 +289,37 @@ def parse_requested_mem(text: str, ncpus: int, nnodes: int) -> int | None:
     return size * (max(ncpus, 1) if per == "c" else max(nnodes, 1) if per == "n" else 1)
 
 
+def hostlist_size(text: str) -> int:
+    """How many hosts a Slurm host list names: ``n[1-3,7],gpu2`` -> 5; ``None assigned`` -> 0."""
+    if not text or text.startswith("None"):
+        return 0
+    count = 0
+    for name in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", text):
+        ranges = re.search(r"\[([^\]]*)\]", name)
+        if not ranges:
+            count += 1
+            continue
+        for part in ranges.group(1).split(","):
+            low, _, high = part.partition("-")
+            count += int(high) - int(low) + 1 if high.isdigit() and low.isdigit() else 1
+    return count
+
+
 def parse_sacct(stdout: str, fields: str = SACCT_FIELDS) -> dict[str, JobAccounting]:
     """``sacct -P -n -o <fields>`` (job lines and step lines) -> one record per job."""
     names = fields.split(",")
     rows = [dict(zip(names, line.split("|"), strict=True)) for line in stdout.splitlines() if line.count("|") == len(names) - 1]
     jobs: dict[str, JobAccounting] = {}
     max_rss: dict[str, int] = {}
+    widest: dict[str, tuple[int, str]] = {}  # per job: the node list of its row (job or step) with most nodes
     for row in rows:
         job_id, _, step = row["JobID"].partition(".")
         rss = parse_size(row["MaxRSS"])
         if rss is not None:
             max_rss[job_id] = max(max_rss.get(job_id, 0), rss)
+        nodes = hostlist_size(row["NodeList"])
+        if row["NodeList"] and (job_id not in widest or nodes > widest[job_id][0]):  # ties: the job's own row
+            widest[job_id] = (nodes, row["NodeList"])
         if step:
             continue
         submit, start = parse_timestamp(row.get("Submit", "")), parse_timestamp(row.get("Start", ""))
@@ -320,7 +340,10 @@ def parse_sacct(stdout: str, fields: str = SACCT_FIELDS) -> dict[str, JobAccount
             requested_mem_bytes=parse_requested_mem(row.get("ReqMem", ""), ncpus, nnodes),
             time_limit_seconds=int(limit) * 60 if limit.isdigit() else None,
         )
+    # right after a multi-node job's end its own row names only the first node for a few seconds (recorded):
+    # the srun step that ran on all of them has the whole list
     return {
-        job_id: JobAccounting(**{**acct.__dict__, "max_rss_bytes": max_rss.get(job_id)})
+        job_id: JobAccounting(**{**acct.__dict__, "max_rss_bytes": max_rss.get(job_id),
+                                 "nodelist": widest.get(job_id, (0, acct.nodelist))[1]})
         for job_id, acct in jobs.items()
     }

@@ -18,10 +18,13 @@ REQUIREMENT_KEYS = {
     "time_limit": "time",
     "time": "time",
     "cpus": "cpus-per-task",
+    "cpus_per_task": "cpus-per-task",
+    "ntasks_per_node": "ntasks-per-node",
     "mem": "mem",
     "mem_per_cpu": "mem-per-cpu",
     "gpus_per_node": "gpus-per-node",
     "gpus": "gpus-per-node",
+    "gpu_type": "gpu-type",  # not an sbatch option: makes --gpus-per-node=<type>:<count>
     "num_nodes": "nodes",
     "nodes": "nodes",
     "qos": "qos",
@@ -111,6 +114,11 @@ def queue_directives(queue: Mapping[str, object], overrides: Mapping[str, object
     directives.update(top)
     if directives.get("gpus-per-node") == "0":
         del directives["gpus-per-node"]
+    gpu_type = directives.pop("gpu-type", None)
+    if gpu_type:
+        if "gpus-per-node" not in directives:
+            raise ConfigurationError(f"{setting}: gpu_type={gpu_type!r} needs gpus_per_node (how many of them per node).")
+        directives["gpus-per-node"] = f"{gpu_type}:{directives['gpus-per-node'].rsplit(':', 1)[-1]}"
     for key, value in directives.items():
         if "\n" in value or "\r" in value:
             raise ConfigurationError(f"{setting}: the value of {key!r} contains a line break; remove it.")

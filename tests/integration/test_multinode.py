@@ -1,0 +1,91 @@
+"""Multi-node jobs on the test cluster's multinode partition (nodes n1..n3, a slurmd each): srun ranks,
+torchrun over gloo, a failing rank, a cancel while the ranks start."""
+
+import os
+import signal
+import time
+
+import dagster as dg
+import pytest
+
+from dagster_slurm import ComputeResource, SrunLauncher, TorchrunLauncher
+from tests.integration.test_lifecycle import Orchestrator
+
+pytestmark = pytest.mark.cluster
+
+PAYLOADS = os.path.join(os.path.dirname(__file__), "..", "payloads")
+
+
+def _asset(payload: str, launcher, nodes: int, mem: str = "256M", **run_kwargs):
+    @dg.asset(name="ranked")
+    def ranked(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=os.path.join(PAYLOADS, payload), launcher=launcher,
+                           resource_requirements={"partition": "multinode", "num_nodes": nodes, "mem": mem},
+                           **run_kwargs).get_results()
+
+    return ranked
+
+
+def _materialize(asset, compute):
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([asset], resources={"compute": compute}, raise_on_error=False, instance=instance)
+    return result, [e.user_message for e in instance.all_logs(result.run_id)]
+
+
+@pytest.fixture(scope="module")
+def torch_env(transport):
+    from remote_env import make_torch_env
+
+    return make_torch_env(transport, "dagster-slurm-tests/envs/torch-cpu")
+
+
+def test_srun_runs_a_rank_per_node_and_rank_zero_reports(slurm, pipes_env, capfd):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result, messages = _materialize(_asset("ranks.py", SrunLauncher(), 3, extras={"tag": "t7"}), compute)
+    assert result.success, messages[-20:]
+    meta = result.asset_materializations_for_node("ranked")[0].metadata
+    assert meta["world_size"].value == 3
+    assert meta["ranks"].value == ["n1:t7", "n2:t7", "n3:t7"]  # every rank read the extras; rank r on n(r+1)
+    assert meta["slurm_nodes"].value == "n[1-3]" and meta["slurm_partition"].value == "multinode"
+    assert "rank 0 says hello" in messages and "rank 1 says hello" not in messages  # rank 0 alone writes Pipes
+    out, _err = capfd.readouterr()
+    for rank in range(3):
+        assert f"[rank {rank}@n{rank + 1}] rank {rank} of 3 on n{rank + 1}" in out  # every rank's lines, prefixed
+
+
+def test_a_failing_rank_fails_the_step_with_its_own_lines(slurm, pipes_env):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result, _messages = _materialize(_asset("ranks.py", SrunLauncher(), 3, extras={"tag": "t", "fail_ranks": [2]}),
+                                     compute)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data
+    first, second = failure.error.message.splitlines()[:2]
+    assert first.endswith("[rank 2@n3] ValueError: rank 2 gave up")  # which rank, and why
+    assert " FAILED, exit status 1" in second
+    assert "[rank 2@n3] Traceback" in failure.user_failure_data.metadata["slurm_stderr_tail"].value
+
+
+def test_torchrun_all_reduce_over_two_nodes(slurm, torch_env, capfd):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=torch_env)
+    result, messages = _materialize(_asset("allreduce.py", TorchrunLauncher(nproc_per_node=2), 2, mem="3G"), compute)
+    assert result.success, messages[-20:]
+    meta = result.asset_materializations_for_node("ranked")[0].metadata
+    assert (meta["world_size"].value, meta["rank_sum"].value) == (4, 6.0)  # 0+1+2+3 over 2 nodes x 2 processes
+    assert meta["slurm_nodes"].value == "n[1-2]"
+    out, _err = capfd.readouterr()
+    assert "[rank 3@n2] rank 3 of 4 on n2: sum 6.0" in out
+
+
+def test_terminate_while_the_ranks_start_cancels_every_step(cluster_env, remote_base, pipes_env, transport, tmp_path):
+    (tmp_path / "home").mkdir()
+    o = Orchestrator(cluster_env, remote_base, pipes_env, tmp_path / "home", seconds=120, prefix="ranks", TEST_NODES="3")
+    first = o.start("run")
+    job_id = o.wait_job(transport, {"RUNNING"})
+    os.killpg(first.pid, signal.SIGINT)  # Dagster's run termination
+    out, _ = first.communicate(timeout=60)
+    assert o.wait_job(transport, {"CANCELLED"}) == job_id, out[-3000:]
+    deadline = time.monotonic() + 30  # no rank keeps running on any node
+    while transport.run(f"squeue -h -s -j {job_id} || true").stdout.strip() or transport.run(
+            "pgrep -u \"$(id -u)\" -f 'payloads/sleeps.py|/sleeps.py' || true").stdout.strip():
+        assert time.monotonic() < deadline, transport.run(f"squeue -s -j {job_id}; pgrep -af sleeps.py").stdout
+        time.sleep(0.3)
