@@ -215,10 +215,17 @@ if [ -z "$PYTHON" ]; then
   echo "ERROR: python3 is needed to unpack this environment and none is on PATH (set PIXI_UNPACK_PYTHON)." >&2
   exit 1
 fi
-exec "$PYTHON" - "$0" --self-extracting "$@" <<'{PY_HEREDOC}'
+# As pixi-pack's header: the unpacker is written into "mktemp -d" and EXECUTED from there (a noexec or full
+# TMPDIR fails here, as with the real binary); the temp folder is removed on success, left on failure.
+tmp="$(mktemp -d)"
+printf '#!%s\n' "$PYTHON" > "$tmp/pixi-unpack"
+cat >> "$tmp/pixi-unpack" <<'{PY_HEREDOC}'
 {unpacker_source.rstrip()}
 {PY_HEREDOC}
-exit 1
+chmod +x "$tmp/pixi-unpack"
+"$tmp/pixi-unpack" "$0" --self-extracting "$@"
+rm -rf "$tmp"
+exit 0
 @@END_HEADER@@
 """
 
@@ -284,13 +291,8 @@ def pack(args: argparse.Namespace) -> Path:
 
         injected_conda = [Path(p) for p in args.inject if p.endswith((".conda", ".tar.bz2"))]
         injected_whl = [Path(p) for p in args.inject if p.endswith(".whl")]
-        unknown = [p for p in args.inject if not p.endswith((".conda", ".tar.bz2", ".whl"))]
-        if unknown:
-            raise PackError(
-                f"cannot inject {unknown}: only .conda, .tar.bz2 and .whl files (real pixi-pack silently skips "
-                "them; note that --inject takes every following value, so a manifest path placed after "
-                "--inject FILE is swallowed by it: put the manifest path first or use --inject=FILE)"
-            )
+        # what is no package is skipped silently, as by the real tool: a project path swallowed by the greedy
+        # --inject (``--inject x.conda pyproject.toml``) leaves the project at its default, the working directory
         for path in injected_conda:
             if not path.is_file():
                 raise PackError(f"could not copy file to channel directory: {path} does not exist")

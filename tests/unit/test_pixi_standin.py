@@ -331,3 +331,127 @@ def test_other_platform_packs_but_does_not_unpack_here(project: Path, tmp_path: 
     assert json.loads(files["pixi-pack.json"])["platform"] == "linux-aarch64"
     proc = unpack_tar(tmp_path / "environment.tar", tmp_path / "deploy")
     assert proc.returncode != 0 and "different platform" in proc.stderr
+
+
+# --- the pixi-pack contract (issue: hold the packer and its stand-ins to the real tool) ---------------------
+
+def _packer(project: Path, cmd, platform: str = "linux-64", **kw):
+    from dagster_slurm.packaging.pixi_pack import PixiPackPacker
+
+    return PixiPackPacker(cmd, project, platform, **kw)
+
+
+def _install(packer, result, staging: Path, env=None) -> subprocess.CompletedProcess:
+    """Run the packer's install script locally, as the cluster would, with the artefact uploaded."""
+    from dagster_slurm.packaging.packer import RemoteLayout
+
+    (staging / ".artifact").mkdir(parents=True)
+    shutil.copy(result.artifact, staging / ".artifact" / result.artifact.name)
+    script = packer.install_script(result, RemoteLayout(str(staging.parent)), str(staging))
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**CLEAN_ENV, **(env or {})})
+
+
+@pytest.mark.parametrize(("output", "written"), [("foo", "foo.sh"), ("a.tar.bz2", "a.tar.sh"), ("x.tar", "x.sh"),
+                                                 ("env.sh", "env.sh")])
+def test_create_executable_replaces_the_last_extension(project: Path, tmp_path: Path, output, written) -> None:
+    from dagster_slurm.packaging.pixi_pack import declared_output
+
+    cmd = ["pixi-pack", "--create-executable", "-o", output]
+    assert declared_output(cmd) == written
+    pack("--create-executable", "-o", str(tmp_path / output), str(project), cwd=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [written]  # the stand-in names it the same way
+
+
+def test_a_plain_tar_named_sh_is_unpacked_as_a_tar(project: Path, tmp_path: Path) -> None:
+    """`-o gpu.sh` without --create-executable is a tar called .sh: chosen by content, unpacked by pixi-unpack."""
+    bin_dir = tmp_path / "bin"
+    write_pixi_pack_executables(bin_dir)
+    packer = _packer(project, [str(bin_dir / "pixi-pack"), "-o", "{output}", "{project}"])
+    packer.command = lambda build_dir: [str(bin_dir / "pixi-pack"), "-o", str(build_dir / "gpu.sh"), str(project)]
+    (tmp_path / "build").mkdir()
+    result = packer.pack(tmp_path / "build", print)
+    assert result.artifact.name == "gpu.sh" and result.extra["self_extracting"] is False
+    proc = _install(packer, result, tmp_path / "base" / "staging", env={"PATH": f"{bin_dir}:{CLEAN_ENV['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    assert run_activated(tmp_path / "base" / "staging") == "1.0 cpu"
+
+
+def test_pixi_unpack_is_found_in_pixi_bin_or_configured_or_named_missing(project: Path, tmp_path: Path) -> None:
+    tar = tmp_path / "env.tar"
+    pack("-o", str(tar), str(project), cwd=tmp_path)
+    from dagster_slurm.packaging.cache_key import file_sha256
+    from dagster_slurm.packaging.packer import PackResult
+
+    result = PackResult(tar, file_sha256(tar), tar.stat().st_size, extra={"self_extracting": False})
+    home = tmp_path / "home"
+    missing = _install(_packer(project, None), result, tmp_path / "a" / "staging", env={"HOME": str(home)})
+    assert missing.returncode == 43 and "pixi global install pixi-unpack" in missing.stderr
+    assert "ComputeResource.pixi_unpack_path" in missing.stderr
+    write_pixi_pack_executables(home / ".pixi" / "bin")  # where `pixi global install` puts it; not on PATH
+    found = _install(_packer(project, None), result, tmp_path / "b" / "staging", env={"HOME": str(home)})
+    assert found.returncode == 0, found.stderr
+    configured = _packer(project, None, pixi_unpack_path=str(home / ".pixi" / "bin" / "pixi-unpack"))
+    assert _install(configured, result, tmp_path / "c" / "staging").returncode == 0
+    wrong = _install(_packer(project, None, pixi_unpack_path="/nowhere/pixi-unpack"), result, tmp_path / "d" / "staging")
+    assert wrong.returncode == 43 and "at /nowhere/pixi-unpack" in wrong.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="mounting a noexec tmpfs needs root")
+def test_self_extractor_runs_from_staging_not_a_noexec_tmp(project: Path, tmp_path: Path) -> None:
+    """Login nodes often mount /tmp noexec: the self-extractor executes pixi-unpack from `mktemp -d`."""
+    noexec = tmp_path / "noexec"
+    noexec.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=64m", "tmpfs", str(noexec)], check=True)
+    try:
+        pack("--create-executable", "-o", str(tmp_path / "env.sh"), str(project), cwd=tmp_path)
+        direct = subprocess.run(["bash", str(tmp_path / "env.sh"), "-o", str(tmp_path / "direct")],
+                                capture_output=True, text=True, timeout=60, env={**CLEAN_ENV, "TMPDIR": str(noexec)})
+        assert direct.returncode != 0 and "Permission denied" in direct.stderr  # the stand-in fails like the real one
+        from dagster_slurm.packaging.cache_key import file_sha256
+        from dagster_slurm.packaging.packer import PackResult
+
+        script = tmp_path / "env.sh"
+        result = PackResult(script, file_sha256(script), script.stat().st_size, extra={"self_extracting": True})
+        staging = tmp_path / "base" / "staging"
+        ours = _install(_packer(project, None), result, staging, env={"TMPDIR": str(noexec)})
+        assert ours.returncode == 0, ours.stderr
+        assert run_activated(staging) == "1.0 cpu" and not (staging / ".tmp").exists()
+    finally:
+        subprocess.run(["umount", str(noexec)], check=False)
+
+
+def test_no_pixi_unpack_build_for_the_platform_fails_before_packing(project: Path, tmp_path: Path) -> None:
+    from dagster_slurm.errors import ConfigurationError
+
+    packer = _packer(project, ["pixi-pack-never-run", "--create-executable", "-o", "{output}"], platform="linux-ppc64le")
+    with pytest.raises(ConfigurationError, match="no pixi-unpack build|there is none for linux-ppc64le"):
+        packer.pack(tmp_path, print)
+
+
+def test_greedy_inject_reads_like_pixi_pack_and_every_injected_file_is_in_the_key(project: Path, tmp_path) -> None:
+    from dagster_slurm.packaging.cache_key import inject_values, swallowed_values
+
+    cmd = ["pixi-pack", "-i", "a.conda", "b.conda", "--inject=c.whl", "-id.conda", "--inject", "e.conda",
+           "pyproject.toml", "-o", "x.sh"]
+    assert inject_values(cmd) == ["a.conda", "b.conda", "c.whl", "d.conda", "e.conda", "pyproject.toml"]
+    assert swallowed_values(cmd) == ["pyproject.toml"]
+    for name in ("a.conda", "b.conda", "c.whl", "d.conda", "e.conda"):
+        (tmp_path / name).write_bytes(b"v1 " + name.encode())
+    packer = _packer(tmp_path, cmd)
+    assert sorted(p.name for p in packer.key_files()) == ["a.conda", "b.conda", "c.whl", "d.conda", "e.conda"]
+
+
+def test_a_swallowed_project_path_warns_and_still_packs_the_project(project: Path, tmp_path: Path) -> None:
+    """`--inject X.conda pyproject.toml`: pixi-pack (and the stand-in) take pyproject.toml as an inject, skip
+    it and pack the working directory; the packer runs from the project folder and warns."""
+    bin_dir = tmp_path / "bin"
+    write_pixi_pack_executables(bin_dir)
+    injected = make_custom_package(tmp_path / "pkgs", "extra-lib", "1.0", {"site-packages/extra_lib.py": "X = 1\n"})
+    said: list[str] = []
+    packer = _packer(project, [str(bin_dir / "pixi-pack"), "--create-executable", "-o", "{output}",
+                               "--inject", str(injected), "pixi.toml"])
+    (tmp_path / "build").mkdir()
+    result = packer.pack(tmp_path / "build", said.append)
+    assert any("--inject takes every following value" in s and "'pixi.toml'" in s for s in said)
+    assert result.artifact.is_file() and result.extra["self_extracting"] is True

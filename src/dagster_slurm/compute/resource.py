@@ -128,6 +128,10 @@ class ComputeResource(dg.ConfigurableResource):
         description="Glob patterns (recursive **) of --inject files that count for the cache key. "
         "Default: every injected file counts.",
     )
+    pixi_unpack_path: str | None = Field(
+        default=None, description="pixi-unpack on the cluster, for a pack command without --create-executable "
+        "(a .tar). Unset: the one on PATH, else ~/.pixi/bin/pixi-unpack.",
+    )
     auto_detect_platform: bool = Field(
         default=False, description="Ask the edge node (uname -m) for the target platform, once per connection agent (or process)."
     )
@@ -387,6 +391,7 @@ class ComputeResource(dg.ConfigurableResource):
             lockfile=self.lockfile, packer=self.packer, pack_cmd=self.pack_cmd, pack_platform=self.pack_platform,
             auto_detect_platform=self.auto_detect_platform, cache_inject_globs=self.cache_inject_globs,
             remote_python=self.remote_python, python_version=self.python_version, debug_mode=self.debug_mode,
+            pixi_unpack_path=self.pixi_unpack_path,
         )
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

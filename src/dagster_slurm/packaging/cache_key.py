@@ -15,18 +15,45 @@ from pathlib import Path
 KEY_LENGTH = 20
 
 
-def inject_files(pack_cmd: Sequence[str], cwd: Path) -> list[Path]:
-    """The files a pixi-pack command injects (``--inject F`` / ``--inject=F``), resolved against ``cwd``."""
-    out: list[Path] = []
+def inject_values(pack_cmd: Sequence[str]) -> list[str]:
+    """What a pixi-pack command passes to ``-i``/``--inject``, read as pixi-pack's parser does: the option
+    takes zero or more values, greedily (every following argument up to the next option, so a project
+    path placed after it is swallowed too), or one value as ``--inject=F`` / ``-iF``."""
+    out: list[str] = []
     args = list(pack_cmd)
-    for i, arg in enumerate(args):
-        value = None
-        if arg == "--inject" and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith("--inject="):
-            value = arg.split("=", 1)[1]
-        if value:
-            out.extend(Path(p) for p in sorted(glob.glob(str(cwd / value))) or [str(cwd / value)])
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-i", "--inject"):
+            i += 1
+            while i < len(args) and not args[i].startswith("-"):
+                out.append(args[i])
+                i += 1
+            continue
+        if arg.startswith("--inject="):
+            out.append(arg.split("=", 1)[1])
+        elif arg.startswith("-i") and not arg.startswith("--") and len(arg) > 2:
+            out.append(arg[2:])
+        i += 1
+    return [v for v in out if v]
+
+
+PACKAGE_SUFFIXES = (".conda", ".tar.bz2", ".whl")
+
+
+def swallowed_values(pack_cmd: Sequence[str]) -> list[str]:
+    """Values after ``--inject`` that are no package (a manifest or a folder, most likely the project)."""
+    return [v for v in inject_values(pack_cmd) if not v.endswith(PACKAGE_SUFFIXES)]
+
+
+def inject_files(pack_cmd: Sequence[str], cwd: Path) -> list[Path]:
+    """The files a pixi-pack command injects, resolved against ``cwd`` (globs expanded, as pixi's task
+    shell does)."""
+    out: list[Path] = []
+    for value in inject_values(pack_cmd):
+        if not value.endswith(PACKAGE_SUFFIXES):  # pixi-pack skips what is no package (see swallowed_values)
+            continue
+        out.extend(Path(p) for p in sorted(glob.glob(str(cwd / value))) or [str(cwd / value)])
     return out
 
 

@@ -13,13 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dagster_slurm.errors import ConfigurationError
-from dagster_slurm.packaging.cache_key import file_sha256, files_for_key, normalise_command
+from dagster_slurm.packaging.cache_key import file_sha256, files_for_key, normalise_command, swallowed_values
 from dagster_slurm.packaging.packer import Log, PackResult, RemoteLayout
 from dagster_slurm.packaging.run_local import run_build_command
 from dagster_slurm.packaging.upload import upload_with_progress
 
 # Placeholders: {platform} the target platform, {output} the artefact path in a fresh build folder,
 # {project} the folder holding pixi.lock.
+# pixi-pack's --create-executable embeds a pixi-unpack binary; these are the platforms it is built for
+PIXI_UNPACK_PLATFORMS = frozenset({"linux-64", "linux-aarch64", "osx-64", "osx-arm64", "win-64", "win-arm64"})
+UNPACKER_MISSING = 43  # install script's exit status when the .tar path finds no pixi-unpack
+
 DEFAULT_PACK_CMD = [
     "pixi-pack", "--environment", "default", "--platform", "{platform}",
     "--create-executable", "--output-file", "{output}", "{project}",
@@ -28,7 +32,7 @@ DEFAULT_PACK_CMD = [
 
 def declared_output(cmd: Sequence[str]) -> str | None:
     """The artefact a pixi-pack command says it writes: ``-o``/``--output-file``, or pixi-pack's default.
-    With ``--create-executable`` pixi-pack writes a ``.sh`` even when told ``-o x.tar``."""
+    With ``--create-executable`` pixi-pack writes a ``.sh`` whatever ``-o`` says."""
     args = list(cmd)
     executable = "--create-executable" in args
     for i, arg in enumerate(args):
@@ -38,7 +42,8 @@ def declared_output(cmd: Sequence[str]) -> str | None:
         elif arg.startswith("--output-file="):
             value = arg.split("=", 1)[1]
         if value is not None:
-            return value[: -len(".tar")] + ".sh" if executable and value.endswith(".tar") else value
+            # pixi-pack replaces the LAST extension: x.tar -> x.sh, foo -> foo.sh, a.tar.bz2 -> a.tar.sh
+            return str(Path(value).with_suffix(".sh")) if executable else value
     if any(Path(a).name.startswith("pixi-pack") or a == "pack" for a in args):
         return "environment.sh" if executable else "environment.tar"
     return None
@@ -69,7 +74,9 @@ class PixiPackPacker:
     name = "pixi-pack"
 
     def __init__(self, pack_cmd: Sequence[str] | str | None, project: Path, platform: str,
-                 cache_inject_globs: Sequence[str] | None = None, timeout: float = 3600):
+                 cache_inject_globs: Sequence[str] | None = None, timeout: float = 3600,
+                 pixi_unpack_path: str | None = None):
+        self.pixi_unpack_path = pixi_unpack_path
         self.template = normalise_command(pack_cmd) if pack_cmd else list(DEFAULT_PACK_CMD)
         self.project = project
         self.platform = platform
@@ -95,6 +102,18 @@ class PixiPackPacker:
                 f"slurm_pack_cmd / pack_cmd `{' '.join(cmd)}` declares no output. Add `--output-file PATH` "
                 "(or `-o PATH`) to the pixi-pack call so dagster-slurm knows which artefact to ship."
             )
+        effective = pixi_task_command(cmd, self.project) or cmd
+        if "--create-executable" in effective and self.platform not in PIXI_UNPACK_PLATFORMS:
+            raise ConfigurationError(
+                f"pixi-pack --create-executable embeds a pixi-unpack binary, and there is none for {self.platform} "
+                f"(only {', '.join(sorted(PIXI_UNPACK_PLATFORMS))}). Set pack_cmd / slurm_pack_cmd without "
+                "--create-executable (a .tar, unpacked on the cluster by a pixi-unpack you install there; see "
+                "ComputeResource.pixi_unpack_path).")
+        for value in swallowed_values(effective):
+            log(f"Warning: in `{' '.join(effective)}`, --inject takes every following value, so {value!r} is read "
+                "as a package to inject, not as the project; pixi-pack skips it and packs the project in the "
+                "working directory (dagster-slurm runs pack commands from the project folder, so that is this "
+                "project). Put the project path before --inject, or write --inject=FILE.")
         artifact = (self.project / declared).resolve()
         started = time.time()
         log(f"Packing: {' '.join(cmd)}")
@@ -105,23 +124,55 @@ class PixiPackPacker:
                 f"The pack command `{' '.join(cmd)}` succeeded but made no artefact at {artifact} (its declared "
                 "output). Check its --output-file / -o and that it packs the environment you expect."
             )
-        if artifact.suffix not in (".sh", ".tar"):
-            raise ConfigurationError(f"Unsupported pixi-pack artefact {artifact.name}: expected .sh or .tar.")
-        return PackResult(artifact, file_sha256(artifact), artifact.stat().st_size)
+        return PackResult(artifact, file_sha256(artifact), artifact.stat().st_size,
+                          extra={"self_extracting": artifact_kind(artifact) == "executable"})
 
     def upload(self, transport, result: PackResult, layout: RemoteLayout, staging: str, log: Log) -> dict[str, float]:
         upload_with_progress(transport, result.artifact, f"{staging}/.artifact/{result.artifact.name}", log)
         return {"upload_bytes": result.size}
 
     def install_script(self, result: PackResult, layout: RemoteLayout, staging: str) -> str:
+        """Verify and unpack into ``staging``. A self-extractor runs pixi-unpack from ``mktemp -d`` and unpacks
+        there: its TMPDIR is a folder in the staging area (login nodes often mount /tmp noexec or small),
+        removed with it. A plain tar needs pixi-unpack on the cluster (``pixi_unpack_path``, PATH or
+        ``~/.pixi/bin``: a non-interactive shell usually lacks the latter)."""
         q = shlex.quote
         name = result.artifact.name
-        unpack = (f"bash {q(name)} --output-directory {q(staging)} --env-name env" if name.endswith(".sh")
-                  else f"pixi-unpack {q(name)} --output-directory {q(staging)} --env-name env")
-        return "\n".join([
+        lines = [
             f"cd {q(staging)}/.artifact",
             f"echo {q(result.sha256 + '  ' + name)} | sha256sum -c --quiet - || "
             f"{{ echo 'dagster-slurm: checksum mismatch for {name}: the upload is corrupt; nothing was unpacked' >&2; "
             "exit 41; }",
-            unpack + " >/dev/null",
-        ])
+        ]
+        self_extracting = result.extra.get("self_extracting", name.endswith(".sh"))
+        if self_extracting:
+            lines += [f"mkdir -p {q(staging)}/.tmp",
+                      f"TMPDIR={q(staging)}/.tmp bash {q(name)} --output-directory {q(staging)} --env-name env >/dev/null",
+                      f"rm -rf {q(staging)}/.tmp"]
+        else:
+            configured = self.pixi_unpack_path
+            lines += [
+                f"unpack={q(configured)}" if configured else
+                'unpack=$(command -v pixi-unpack || true); '
+                'if [ -z "$unpack" ] && [ -x "$HOME/.pixi/bin/pixi-unpack" ]; then unpack=$HOME/.pixi/bin/pixi-unpack; fi',
+                'if [ -z "$unpack" ] || [ ! -x "$unpack" ]; then echo "dagster-slurm: no pixi-unpack on the cluster '
+                + (f"at {configured}" if configured else "(not on PATH, not in ~/.pixi/bin)")
+                + ' to unpack this .tar environment: install it there (pixi global install pixi-unpack), set '
+                'ComputeResource.pixi_unpack_path, or pack with --create-executable" >&2; '
+                f"exit {UNPACKER_MISSING}; fi",
+                f'"$unpack" {q(name)} --output-directory {q(staging)} --env-name env >/dev/null',
+            ]
+        return "\n".join(lines)
+
+
+def artifact_kind(path: Path) -> str:
+    """``executable`` (pixi-pack's self-extractor: a script) or ``tar``, from the file's content: pixi-pack
+    names a plain tar whatever ``-o`` says (``gpu.sh`` included)."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith(b"#!"):
+        return "executable"
+    if head[257:262] == b"ustar":
+        return "tar"
+    raise ConfigurationError(f"The pack command's artefact {path} is neither a self-extracting script nor a tar "
+                             "archive; check the pack command's --output-file.")
