@@ -45,9 +45,9 @@ TEST_HOME=/home/$TEST_USER
 SLURM_ACCOUNT=dagster
 CLUSTER_NAME=testcluster
 NODE_NAME="$(hostname -s)"
-# Three more compute nodes on this machine, each a slurmd of its own (own port, spool, pid and log),
-# in a partition of their own for multi-node jobs (srun, torchrun, Ray). They share the hostname and
-# 127.0.0.1, so services started per node need distinct ports.
+# Three more compute nodes on this machine, each a slurmd of its own (own port, spool, pid and log, own
+# loopback address 127.0.0.2..4), in a partition of their own for multi-node jobs (srun, torchrun, Ray).
+# They share the hostname, so services started per node need distinct ports.
 MULTI_NODES=(n1 n2 n3)
 MULTI_PORT_BASE=17001
 MULTI_PARTITION=multinode
@@ -291,6 +291,15 @@ cgroup_mode() {
     esac
 }
 
+# One line per extra node: its own slurmd port and its own loopback address (127.0.0.2, .3, ...), so that
+# engines which tell nodes apart by address (Ray) see distinct nodes; all of 127.0.0.0/8 is this machine.
+multi_node_lines() {
+    local i
+    for i in "${!MULTI_NODES[@]}"; do
+        echo "NodeName=${MULTI_NODES[$i]} NodeHostname=$NODE_NAME NodeAddr=127.0.0.$((i + 2)) Port=$((MULTI_PORT_BASE + i)) CPUs=1 RealMemory=$1 State=UNKNOWN"
+    done
+}
+
 write_slurm_conf() {
     local mode=$1 hw cpus boards sockets cores threads mem realmem defmem
     hw=$(slurmd -C | head -n 1)
@@ -353,7 +362,7 @@ JobCompType=jobcomp/none
 NodeName=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1} RealMemory=$realmem State=UNKNOWN
 PartitionName=debug Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
 PartitionName=batch Nodes=$NODE_NAME Default=NO MaxTime=INFINITE State=UP
-NodeName=n[1-${#MULTI_NODES[@]}] NodeHostname=$NODE_NAME NodeAddr=127.0.0.1 Port=[$MULTI_PORT_BASE-$((MULTI_PORT_BASE + ${#MULTI_NODES[@]} - 1))] CPUs=1 RealMemory=$((defmem * 2)) State=UNKNOWN
+$(multi_node_lines "$((defmem * 2))")
 PartitionName=$MULTI_PARTITION Nodes=n[1-${#MULTI_NODES[@]}] Default=NO MaxTime=INFINITE State=UP
 EOF
 

@@ -38,19 +38,33 @@ TORCH_WHEELS = "/opt/wheels"  # this kind of machine keeps a CPU build of torch 
 
 
 def make_torch_env(transport, path: str) -> str:
-    """A pre-deployed environment with torch (CPU) and dagster-pipes, built once on the cluster with a
-    venv from the local torch wheel (its dependencies come from PyPI)."""
-    path = transport.absolute(path)
-    if transport.stat_size(f"{path}/activate.sh") is not None:
-        return path
+    """A pre-deployed environment with torch (CPU) and dagster-pipes: a venv built once on the cluster from
+    the local torch wheel (its dependencies come from PyPI)."""
     wheels = sorted(name for name in os.listdir(TORCH_WHEELS) if name.startswith("torch-") and "+cpu-cp311" in name) \
         if os.path.isdir(TORCH_WHEELS) else []
     if not wheels:
         raise RuntimeError(f"no CPU torch wheel for Python 3.11 in {TORCH_WHEELS}: the torchrun test needs one")
+    return make_venv_env(transport, path, [f"{TORCH_WHEELS}/{wheels[-1]}"])
+
+
+RAY_REQUIREMENT = "ray==2.60.0"
+
+
+def make_ray_env(transport, path: str) -> str:
+    """A pre-deployed environment with Ray and dagster-pipes (a venv built once on the cluster, from PyPI)."""
+    return make_venv_env(transport, path, [RAY_REQUIREMENT])
+
+
+def make_venv_env(transport, path: str, requirements: list[str]) -> str:
+    """Create (once) a venv environment at remote ``path`` (activate.sh + env/) with ``requirements``
+    pip-installed and dagster-pipes copied from this machine."""
+    path = transport.absolute(path)
+    if transport.stat_size(f"{path}/activate.sh") is not None:
+        return path
     env = f"{path}/env"
     transport.run(f"rm -rf {shlex.quote(path)} && python3 -m venv {shlex.quote(env)} && "
                   f"{shlex.quote(env)}/bin/pip install -q --disable-pip-version-check "
-                  f"{shlex.quote(TORCH_WHEELS + '/' + wheels[-1])}", timeout=900)
+                  + " ".join(shlex.quote(r) for r in requirements), timeout=900)
     site = transport.run(f"{shlex.quote(env)}/bin/python -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))'"
                          ).stdout.strip()
     src = os.path.dirname(dagster_pipes.__file__)

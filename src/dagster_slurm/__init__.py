@@ -1,7 +1,13 @@
 """dagster-slurm: run Dagster assets unchanged on a laptop or as Slurm jobs on an HPC cluster over SSH."""
 
 from dagster_slurm.compute.badge import SLURM_KIND, slurm_asset
-from dagster_slurm.compute.launchers import BashLauncher, Launcher, SrunLauncher, TorchrunLauncher
+from dagster_slurm.compute.launchers import (
+    BashLauncher,
+    Launcher,
+    RayLauncher,
+    SrunLauncher,
+    TorchrunLauncher,
+)
 from dagster_slurm.compute.resource import ComputeResource
 from dagster_slurm.config import SlurmQueueConfig, SlurmResource, SlurmRunConfig, SSHConnectionResource
 from dagster_slurm.errors import (
@@ -18,6 +24,7 @@ __all__ = [
     "ConfigurationError",
     "DagsterSlurmError",
     "Launcher",
+    "RayLauncher",
     "RemoteCommandError",
     "SSHConnectionError",
     "SSHConnectionResource",

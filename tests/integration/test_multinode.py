@@ -2,13 +2,14 @@
 torchrun over gloo, a failing rank, a cancel while the ranks start."""
 
 import os
+import re
 import signal
 import time
 
 import dagster as dg
 import pytest
 
-from dagster_slurm import ComputeResource, SrunLauncher, TorchrunLauncher
+from dagster_slurm import ComputeResource, RayLauncher, SrunLauncher, TorchrunLauncher
 from tests.integration.test_lifecycle import Orchestrator
 
 pytestmark = pytest.mark.cluster
@@ -37,6 +38,39 @@ def torch_env(transport):
     from remote_env import make_torch_env
 
     return make_torch_env(transport, "dagster-slurm-tests/envs/torch-cpu")
+
+
+@pytest.fixture(scope="module")
+def ray_env(transport):
+    from remote_env import make_ray_env
+
+    return make_ray_env(transport, "dagster-slurm-tests/envs/ray")
+
+
+def test_ray_cluster_over_three_nodes_runs_a_task_on_each(slurm, ray_env, capfd):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=ray_env)
+    launcher = RayLauncher(ray_start_args=["--object-store-memory=100000000"])
+    result, messages = _materialize(_asset("ray_nodes.py", launcher, 3, mem="3G"), compute)
+    assert result.success, messages[-20:]
+    meta = result.asset_materializations_for_node("ranked")[0].metadata
+    assert (meta["ray_nodes"].value, meta["task_nodes"].value) == (3, ["n1", "n2", "n3"])
+    _out, err = capfd.readouterr()
+    assert "[ray] cluster of 3 node(s)" in err and "[ray n2]" in err
+
+
+def test_ray_nodes_that_do_not_join_in_time_fail_the_step_and_are_torn_down(slurm, ray_env, transport):
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=ray_env)
+    launcher = RayLauncher(start_timeout=3, ray_start_args=["--object-store-memory=100000000"])
+    result, _messages = _materialize(_asset("ray_nodes.py", launcher, 3, mem="3G"), compute)
+    assert not result.success
+    first = result.get_step_failure_events()[0].step_failure_data.error.message.splitlines()[0]
+    assert re.search(r"dagster-slurm: only \d of 3 Ray nodes joined within 3s \(RayLauncher.start_timeout\)", first), first
+    job_id = result.get_step_failure_events()[0].step_failure_data.user_failure_data.metadata["slurm_job_id"].value
+    deadline = time.monotonic() + 30  # the Ray steps went with the job: no raylet, no ray process left
+    while transport.run(f"squeue -h -s -j {job_id} || true").stdout.strip() or transport.run(
+            "pgrep -u \"$(id -u)\" -f 'envs/ray/env/.*(raylet|gcs_server|ray start)' || true").stdout.strip():
+        assert time.monotonic() < deadline, transport.run("pgrep -af raylet; squeue -s").stdout
+        time.sleep(0.5)
 
 
 def test_srun_runs_a_rank_per_node_and_rank_zero_reports(slurm, pipes_env, capfd):
@@ -73,7 +107,9 @@ def test_torchrun_all_reduce_over_two_nodes(slurm, torch_env, capfd):
     assert (meta["world_size"].value, meta["rank_sum"].value) == (4, 6.0)  # 0+1+2+3 over 2 nodes x 2 processes
     assert meta["slurm_nodes"].value == "n[1-2]"
     out, _err = capfd.readouterr()
-    assert "[rank 3@n2] rank 3 of 4 on n2: sum 6.0" in out
+    lines = re.findall(r"^\[rank (\d)@(n\d)\] rank \1 of 4 on \2: sum 6.0$", out, re.M)
+    assert sorted(int(r) for r, _ in lines) == [0, 1, 2, 3]  # every rank's line, prefixed (c10d assigns the ranks)
+    assert sorted(n for _, n in lines) == ["n1", "n1", "n2", "n2"]
 
 
 def test_terminate_while_the_ranks_start_cancels_every_step(cluster_env, remote_base, pipes_env, transport, tmp_path):

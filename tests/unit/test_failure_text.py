@@ -67,3 +67,10 @@ def test_a_ranks_traceback_names_the_rank():
               "[rank 2@n3]   File \"p.py\", line 3, in <module>\n[rank 0@n1] still waiting\n"
               "[rank 2@n3] ValueError: rank 2 gave up\nsrun: error: n3: task 2: Exited with exit code 1\n")
     assert exception_line(None, stderr) == "[rank 2@n3] ValueError: rank 2 gave up"
+
+
+def test_a_launchers_own_error_heads_the_failure():
+    stderr = ("[ray n3] Traceback (most recent call last):\n[ray n3] Exception: The current node timed out\n"
+              "dagster-slurm: a Ray node exited before all 3 had joined (its lines above: [ray <node>])\n")
+    assert exception_line(None, stderr).startswith("dagster-slurm: a Ray node exited")
+    assert exception_line(None, stderr.rsplit("dagster-slurm", 1)[0]) == "[ray n3] Exception: The current node timed out"

@@ -56,6 +56,16 @@ def test_slurm_mode_commands_and_directives():
     assert TorchrunLauncher().sbatch_directives() == {"ntasks-per-node": "1"}
 
 
+def test_ray_launcher_commands():
+    from dagster_slurm import RayLauncher
+
+    argv = RayLauncher(start_timeout=30.5, ray_start_args=["--num-gpus=0", "--resources={\"a\": 1}"]).command(
+        "p.py", local=False)
+    assert argv[:2] == ["bash", "-c"] and argv[3:7] == ["dagster-slurm-ray", "ray", "30", "--num-gpus=0 '--resources={\"a\": 1}'"]
+    assert argv[-2:] == ["python", "p.py"] and RayLauncher().sbatch_directives() == {}
+    assert RayLauncher().command("p.py", local=True) == [sys.executable, "p.py"]  # ray.init() starts a local Ray
+
+
 def test_torchrun_local_mode_is_rank_zero_of_one_with_a_rendezvous_address():
     argv = TorchrunLauncher().command("p.py", local=True)
     assert argv[0] == "env" and argv[-2:] == [sys.executable, "p.py"]

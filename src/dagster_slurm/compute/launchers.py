@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -85,10 +86,68 @@ addr=$(scontrol show node "$head" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | hea
 if [ -z "$port" ]; then
   port=$(python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
 fi
-echo "dagster-slurm: torchrun rendezvous at ${addr:-$head}:$port on $SLURM_JOB_NUM_NODES node(s), $nproc process(es) each" >&2
+echo "[torchrun] rendezvous at ${addr:-$head}:$port on $SLURM_JOB_NUM_NODES node(s), $nproc process(es) each" >&2
 exec srun --kill-on-bad-exit=1 --ntasks-per-node=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \
   "$torchrun" --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node="$nproc" --rdzv-backend=c10d \
   --rdzv-endpoint="${addr:-$head}:$port" --rdzv-id="$SLURM_JOB_ID" --no-python "$@"
+"""
+
+
+# A Ray cluster on the allocation: the head on the first node (the batch host), a worker on each other node
+# (one srun step each), every node with its own free ports (nodes may share a host) and, when Slurm knows
+# the node by an IP address, that address. The payload runs on the head with RAY_ADDRESS set once every node
+# has joined (bounded); whatever happens, the Ray steps are killed when the script leaves.
+_RAY = r"""set -u
+ray=$1 bound=$2 more=$3; shift 3
+node_ip() { scontrol show node "$1" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n 1; }
+free_ports() { python -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"; }
+export -f node_ip free_ports
+head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+head_host=$(hostname)
+export ray more head_host
+nnodes=$SLURM_JOB_NUM_NODES
+head_ip=$(node_ip "$head")
+gcs="${head_ip:-$head}:$(free_ports 1)"
+# Ray names each node's files in the (host-wide) session folder when it starts: nodes that share a host
+# start a few seconds apart, or two of them pick the same names
+node='extra=("$@"); ip=$(node_ip "$SLURMD_NODENAME"); opt=()
+[ "$(hostname)" != "$head_host" ] || sleep $((3 * ${SLURM_NODEID:-0}))
+case "$ip" in ""|*[!0-9.]*) ;; *) opt=(--node-ip-address="$ip") ;; esac
+set -- $(free_ports 6); low=$((20000 + 1000 * ${SLURM_NODEID:-0}))
+exec "$ray" start --block --disable-usage-stats "${opt[@]}" --num-cpus="${SLURM_CPUS_ON_NODE:-1}" \
+  --node-manager-port="$1" --object-manager-port="$2" --metrics-export-port="$3" \
+  --dashboard-agent-listen-port="$4" --dashboard-agent-grpc-port="$5" --runtime-env-agent-port="$6" \
+  --min-worker-port="$low" --max-worker-port="$((low + 999))" $more "${extra[@]}" 2>&1 | sed -u "s/^/[ray $SLURMD_NODENAME] /" >&2'
+cleanup() {
+  for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i 2>/dev/null | grep -vE '[.](batch|extern)$'); do
+    scancel -Q -s KILL "$step" 2>/dev/null
+  done
+}
+trap cleanup EXIT
+fail() { echo "dagster-slurm: $*" >&2; exit 1; }
+joined() { "$ray" status --address="$gcs" 2>/dev/null | grep -cE '^ *1 node_'; }
+t0=$SECONDS
+srun --nodes=1 --ntasks=1 -w "$head" bash -c "$node" ray-head --head --port="${gcs##*:}" --include-dashboard=false &
+pids=$!
+wait_for() {  # wait_for N: until N nodes have joined, or fail saying why
+  while [ "$(joined)" -lt "$1" ]; do
+    for pid in $pids; do kill -0 "$pid" 2>/dev/null || fail "a Ray node exited before all $nnodes had joined (its lines above: [ray <node>])"; done
+    [ $((SECONDS - t0)) -lt "$bound" ] || fail "only $(joined) of $nnodes Ray nodes joined within ${bound}s (RayLauncher.start_timeout)"
+    sleep 0.5
+  done
+}
+wait_for 1
+if [ "$nnodes" -gt 1 ]; then
+  srun --nodes=$((nnodes - 1)) --ntasks=$((nnodes - 1)) --ntasks-per-node=1 --exclude="$head" \
+    bash -c "$node" ray-worker --address="$gcs" &
+  pids="$pids $!"
+fi
+wait_for "$nnodes"
+echo "[ray] cluster of $nnodes node(s) at $gcs up after $((SECONDS - t0))s" >&2
+RAY_ADDRESS=$gcs "$@"
 """
 
 
@@ -164,3 +223,26 @@ class TorchrunLauncher(_MultiRank):
         return ["bash", "-c", _TORCHRUN, "dagster-slurm-torchrun", str(self.nproc_per_node), self.torchrun,
                 str(self.rdzv_port or ""), "bash", "-c", RANK_SHIM, "dagster-slurm-rank", self.python, payload,
                 *self.args]
+
+
+class RayLauncher(Launcher):
+    """A Ray cluster on the allocation: the head on the first node, a worker on each other node (started
+    by srun, each with its own ports, so nodes may share a host), then the payload on the head with
+    ``RAY_ADDRESS`` set, once all ``num_nodes`` have joined (``ray.init()`` needs no arguments). A node that
+    cannot join within ``start_timeout`` fails the step with the reason; the Ray processes are killed when
+    the payload ends, whatever happens. Ray's own lines reach the compute logs prefixed ``[ray <node>]``.
+    The environment must provide ``ray`` (``pip install ray``). Local mode: the payload runs as is
+    (``ray.init()`` then starts a local Ray)."""
+
+    ray: str = Field(default="ray", description="The ray executable (from the environment).")
+    start_timeout: float = Field(default=180.0, description="Seconds for all nodes to join the Ray cluster.")
+    ray_start_args: list[str] = Field(default_factory=list, description="Further `ray start` arguments for every "
+                                      "node, e.g. ['--object-store-memory=2000000000'].")
+    python: str = Field(default="python", description="Interpreter to run the payload with.")
+    args: list[str] = Field(default_factory=list, description="Extra arguments passed to the payload.")
+
+    def command(self, payload: str, *, local: bool) -> list[str]:
+        if local:
+            return [sys.executable if self.python == "python" else self.python, payload, *self.args]
+        return ["bash", "-c", _RAY, "dagster-slurm-ray", self.ray, str(int(self.start_timeout)),
+                " ".join(shlex.quote(a) for a in self.ray_start_args), self.python, payload, *self.args]

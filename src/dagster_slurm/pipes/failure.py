@@ -13,7 +13,7 @@ import dagster as dg
 from dagster_slurm.errors import tail
 
 # what a multi-rank launcher puts before each line of a rank's output (see compute.launchers.RANK_SHIM)
-_RANK_PREFIX = re.compile(r"^(\[rank \d+@[^\]]*\] )?(.*)$")
+_RANK_PREFIX = re.compile(r"^(\[(?:rank \d+@|ray )[^\]]*\] )?(.*)$")
 # the last line of a Python traceback: "ValueError: bad", "pkg.mod.CustomError: x", "KeyboardInterrupt"
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure|Warning)\b(: .*)?$")
 
@@ -31,10 +31,14 @@ def closed_exception(message: Mapping[str, Any]) -> str | None:
 
 
 def exception_line(pipes_exception: str | None, stderr_tail: str) -> str | None:
-    """The payload's own exception line: from Pipes, else from its stderr the line that ends the last
-    Python traceback (the first unindented line after it), else the last line that looks like one."""
+    """The payload's own exception line: from Pipes, else the last error the job script or a launcher
+    printed (``dagster-slurm: ...``), else from its stderr the line that ends the last Python traceback
+    (the first unindented line after it), else the last line that looks like one."""
     if pipes_exception:
         return pipes_exception
+    ours = [line.strip() for line in stderr_tail.splitlines() if line.startswith("dagster-slurm: ")]
+    if ours:  # what the job script or a launcher said went wrong (a Ray node that never joined, ...)
+        return ours[-1]
     lines = [(m.group(1) or "", m.group(2)) for m in map(_RANK_PREFIX.match, stderr_tail.splitlines()) if m]
     starts = [i for i, (_p, text) in enumerate(lines) if text.startswith("Traceback (most recent call last)")]
     if starts:
