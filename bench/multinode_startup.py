@@ -3,7 +3,8 @@
 For each engine the same asset runs on the test cluster's multinode partition (nodes n1..n3, a slurmd each
 on this machine), in this process, several times, each run started at a random phase of slurmctld's 1 s
 scheduler tick. "start-up" is the payload's own first timestamp (rank 0) minus the time the library logged
-"Submitted Slurm job"; "ready" (torchrun) is when every rank had joined the gloo process group. The floor is
+"Submitted Slurm job"; "ready" is when every rank had joined the gloo process group (torchrun), or when ray.init() returned
+(Ray: the launcher starts the payload once all nodes joined). The floor is
 the plain BashLauncher on one node of the same partition, measured in the same invocation.
 
     .venv/bin/python bench/multinode_startup.py [--runs 5]
@@ -21,15 +22,17 @@ import time
 
 from common import ROOT, load_cluster_env
 
-ENGINES = {  # name -> (nodes, launcher factory, extras)
+ENGINES = {  # name -> (nodes, launcher factory, extras); Ray runs from its own environment
     "bash, 1 node (floor)": (1, lambda m: m.BashLauncher(), {}),
     "srun, 3 nodes x 1 rank": (3, lambda m: m.SrunLauncher(), {}),
     "torchrun, 2 nodes x 2 processes": (2, lambda m: m.TorchrunLauncher(nproc_per_node=2), {"torch": True}),
+    "ray, 3 nodes": (3, lambda m: m.RayLauncher(ray_start_args=["--object-store-memory=100000000"]), {"ray": True}),
 }
 
 
-def run_once(dagster_slurm, dg, compute, name: str) -> dict:
+def run_once(dagster_slurm, dg, computes, name: str) -> dict:
     nodes, make_launcher, extras = ENGINES[name]
+    compute = computes["ray" if extras.get("ray") else "torch"]
 
     @dg.asset(name="startup")
     def startup(context: dg.AssetExecutionContext, compute: dagster_slurm.ComputeResource):
@@ -58,16 +61,19 @@ def main() -> None:
     load_cluster_env()
     sys.path.insert(0, str(ROOT / "tests"))
     import dagster as dg
-    from remote_env import make_torch_env
+    from remote_env import make_ray_env, make_torch_env
 
     import dagster_slurm
     from dagster_slurm.agent import transport_for
 
     ssh = dagster_slurm.SSHConnectionResource.from_env(known_hosts_file=os.environ["TESTCLUSTER_KNOWN_HOSTS"])
-    env = make_torch_env(transport_for(ssh.settings()), "dagster-slurm-tests/envs/torch-cpu")
+    admin = transport_for(ssh.settings())
+    envs = {"torch": make_torch_env(admin, "dagster-slurm-tests/envs/torch-cpu"),
+            "ray": make_ray_env(admin, "dagster-slurm-tests/envs/ray")}
     slurm = dagster_slurm.SlurmResource(ssh=ssh, remote_base="dagster-slurm-bench",
                                         queue=dagster_slurm.SlurmQueueConfig(time_limit="00:05:00"))
-    compute = dagster_slurm.ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=env)
+    compute = {k: dagster_slurm.ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=v)
+               for k, v in envs.items()}
     rng = random.Random(args.seed)
     rows = []
     run_once(dagster_slurm, dg, compute, "bash, 1 node (floor)")  # warm-up: connection, probes

@@ -1,5 +1,5 @@
 """Payload of bench/multinode_startup.py: rank 0 reports when the payload began (before any import) and,
-under torchrun, when every rank had joined the process group."""
+under torchrun, when every rank had joined the process group (under Ray: when ray.init() returned)."""
 import time
 
 BEGAN = time.time()
@@ -17,5 +17,11 @@ with open_dagster_pipes() as pipes:
         dist.barrier()
         meta["engine_ready"] = time.time()
         dist.destroy_process_group()
+    if pipes.extras.get("ray"):
+        import ray
+
+        ray.init()
+        meta["engine_ready"] = time.time()
+        ray.shutdown()
     if os.environ.get("DAGSTER_SLURM_RANK", "0") == "0":
         pipes.report_asset_materialization(metadata=meta)

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import shlex
 import time
-
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 from collections.abc import Sequence
 from pathlib import Path
 
 from dagster_slurm.errors import ConfigurationError
 from dagster_slurm.packaging.cache_key import file_sha256, files_for_key, normalise_command, swallowed_values
 from dagster_slurm.packaging.packer import Log, PackResult, RemoteLayout
+from dagster_slurm.packaging.pixi_tasks import resolve_task
 from dagster_slurm.packaging.run_local import run_build_command
 from dagster_slurm.packaging.upload import upload_with_progress
 
@@ -50,24 +46,9 @@ def declared_output(cmd: Sequence[str]) -> str | None:
 
 
 def pixi_task_command(cmd: Sequence[str], project: Path) -> list[str] | None:
-    """For ``pixi run [opts] TASK``: the task's command from pixi.toml / pyproject.toml, if it is a string."""
-    args = list(cmd)
-    if len(args) < 3 or Path(args[0]).name != "pixi" or args[1] != "run":
-        return None
-    task = next((a for a in args[2:] if not a.startswith("-")), None)
-    for name, section in (("pixi.toml", ("tasks",)), ("pyproject.toml", ("tool", "pixi", "tasks"))):
-        path = project / name
-        if not path.is_file():
-            continue
-        table: object = tomllib.loads(path.read_text())
-        for part in section:
-            table = table.get(part, {}) if isinstance(table, dict) else {}
-        value = table.get(task) if isinstance(table, dict) else None
-        if isinstance(value, dict):
-            value = value.get("cmd")
-        if isinstance(value, str):
-            return shlex.split(value)
-    return None
+    """For ``pixi run [opts] TASK [ARGS]``: the command the task runs (see :mod:`.pixi_tasks`)."""
+    task = resolve_task(cmd, project)
+    return task.command if task else None
 
 
 class PixiPackPacker:
@@ -87,8 +68,9 @@ class PixiPackPacker:
         return self.template
 
     def key_files(self) -> list[Path]:
-        effective = pixi_task_command(self.template, self.project) or self.template
-        return files_for_key(effective, self.project, self.cache_inject_globs)
+        task = resolve_task(self.template, self.project)
+        return files_for_key(task.command if task else self.template, task.cwd if task else self.project,
+                             self.cache_inject_globs)
 
     def command(self, build_dir: Path) -> list[str]:
         values = {"platform": self.platform, "output": str(build_dir / "environment.sh"), "project": str(self.project)}
@@ -96,7 +78,8 @@ class PixiPackPacker:
 
     def pack(self, build_dir: Path, log: Log) -> PackResult:
         cmd = self.command(build_dir)
-        declared = declared_output(cmd) or declared_output(pixi_task_command(cmd, self.project) or [])
+        task = resolve_task(cmd, self.project)
+        declared = declared_output(cmd) or declared_output(task.command if task else [])
         if declared is None:
             raise ConfigurationError(
                 f"slurm_pack_cmd / pack_cmd `{' '.join(cmd)}` declares no output. Add `--output-file PATH` "
@@ -114,7 +97,7 @@ class PixiPackPacker:
                 "as a package to inject, not as the project; pixi-pack skips it and packs the project in the "
                 "working directory (dagster-slurm runs pack commands from the project folder, so that is this "
                 "project). Put the project path before --inject, or write --inject=FILE.")
-        artifact = (self.project / declared).resolve()
+        artifact = ((task.cwd if task and not declared_output(cmd) else self.project) / declared).resolve()
         started = time.time()
         log(f"Packing: {' '.join(cmd)}")
         run_build_command(cmd, self.project, "pack command (ComputeResource.pack_cmd / slurm_pack_cmd)",
