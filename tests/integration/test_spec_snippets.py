@@ -17,8 +17,8 @@ from tests.standins.pixi_project import build_pixi_project_in_subprocess, write_
 
 pytestmark = pytest.mark.cluster
 
-PYPROJECT_TASKS = """\
-[tool.pixi.tasks]
+PIXI_TASKS = """\
+[tasks]
 pack-gpu = "pixi-pack --environment gpu --platform linux-64 --create-executable -o gpu.sh"
 pack-cpu = "pixi-pack --environment default --platform linux-64 --create-executable -o cpu.sh"
 """
@@ -27,7 +27,9 @@ pack-cpu = "pixi-pack --environment default --platform linux-64 --create-executa
 @pytest.fixture
 def pixi_project(tmp_path, monkeypatch):
     project = build_pixi_project_in_subprocess(tmp_path / "pixi", "1.0")
-    (project / "pyproject.toml").write_text(PYPROJECT_TASKS)
+    # the spec's tasks; in pixi.toml, as the workspace is there (pixi then ignores pyproject.toml's [tool.pixi])
+    with open(project / "pixi.toml", "a") as fh:
+        fh.write("\n" + PIXI_TASKS)
     write_pixi_pack_executables(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     monkeypatch.chdir(project)  # the lock file is found from the working directory upwards

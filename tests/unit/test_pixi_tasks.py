@@ -86,3 +86,24 @@ def test_injects_of_a_feature_task_count_for_the_cache_key(project):
     (project / "dist" / "mylib-1.0-0.conda").write_bytes(b"v1")
     packer = PixiPackPacker(["pixi", "run", "-e", "cluster", "pack-cluster"], project, "linux-64")
     assert [p.name for p in packer.key_files()] == ["mylib-1.0-0.conda"]
+
+
+def test_the_pixi_stand_in_reads_the_manifest_as_pixi_does(project, tmp_path):
+    """The stand-in (tests/standins/pixi_run.py) models the same rules: pixi.toml's tasks, cwd, -e ENV."""
+    import subprocess
+    import sys
+
+    (project / "pixi.toml").write_text(PIXI_TOML.replace("pixi-pack", "echo"))
+    (project / "deploy").mkdir()
+    run = Path(__file__).resolve().parents[1] / "standins" / "pixi_run.py"
+
+    def pixi(*args):
+        return subprocess.run([sys.executable, str(run), "run", *args], cwd=project, capture_output=True, text=True)
+
+    assert pixi("pack").stdout.split()[-1] == "linux.sh"  # pixi.toml's target task, not pyproject's
+    assert pixi("-e", "cluster", "pack-cluster").returncode == 0 and pixi("pack-cluster").returncode == 1
+    sub = subprocess.run([sys.executable, str(run), "run", "in-sub"], cwd=project, capture_output=True, text=True)
+    assert sub.stdout.strip().endswith("--create-executable")
+    (project / "pixi.toml").unlink()
+    (project / "pyproject.toml").write_text('[tool.pixi.tasks]\npack = "echo -o from-pyproject.sh"\n')
+    assert pixi("pack").stdout.strip() == "-o from-pyproject.sh"
