@@ -50,6 +50,14 @@ from rattler import LockFile, PackageRecord, RepoDataRecord
 
 PIXI_PACK_FORMAT_VERSION = "1"
 STANDIN_VERSION = "0.0.0+dagster-slurm-standin"
+# The version `--version` reports: the release whose contract this stand-in models, or what a test asks for
+# (PIXI_PACK_STANDIN_VERSION). Below 0.7.0 the CLI had subcommands (`pixi-pack pack ...`): the stand-in then
+# refuses the current CLI with clap's usage error (exit 2), as such a release does.
+CLI_VERSION = os.environ.get("PIXI_PACK_STANDIN_VERSION", "0.7.10")
+# --create-executable downloads pixi-unpack from GitHub unless --pixi-unpack-source names a copy; the stand-in
+# cannot download, so PIXI_PACK_STANDIN_OFFLINE=1 makes it fail as an offline machine does (otherwise it embeds
+# its own unpacker, as if the download had worked).
+OFFLINE = os.environ.get("PIXI_PACK_STANDIN_OFFLINE") == "1"
 DETERMINISTIC_MTIME = 1153704088  # what the tar crate's HeaderMode::Deterministic writes
 UNPACKER_SOURCE = Path(__file__).with_name("pixi_unpack.py")
 PY_HEREDOC = "__PIXI_UNPACK_STANDIN_PY__"
@@ -230,7 +238,22 @@ exit 0
 """
 
 
-def _write_output(pack_dir: Path, output_file: Path, create_executable: bool) -> Path:
+def _unpacker(args: argparse.Namespace) -> str:
+    """The unpacker the self-extractor embeds: from --pixi-unpack-source (a local path; a URL is downloaded),
+    else downloaded from GitHub."""
+    source = args.pixi_unpack_source
+    if source and not source.startswith(("http://", "https://")):
+        path = Path(source[len("file://"):] if source.startswith("file://") else source)
+        if not path.is_file():
+            raise PackError(f"failed to read pixi-unpack from {source}: no such file")
+        return path.read_text()
+    if OFFLINE:
+        url = source or f"https://github.com/Quantco/pixi-pack/releases/download/v{CLI_VERSION}/pixi-unpack-x86_64-unknown-linux-musl"
+        raise PackError(f"failed to download pixi-unpack executable from {url}: error sending request (offline)")
+    return UNPACKER_SOURCE.read_text()
+
+
+def _write_output(pack_dir: Path, output_file: Path, create_executable: bool, unpacker: str = "") -> Path:
     output_file.parent.mkdir(parents=True, exist_ok=True)
     if not create_executable:
         with tarfile.open(output_file, "w", format=tarfile.GNU_FORMAT) as tar:
@@ -243,7 +266,7 @@ def _write_output(pack_dir: Path, output_file: Path, create_executable: bool) ->
         raw.seek(0)
         payload = base64.b64encode(raw.read())
     with open(target, "wb") as f:
-        f.write(_header(UNPACKER_SOURCE.read_text()).encode())
+        f.write(_header(unpacker or UNPACKER_SOURCE.read_text()).encode())
         f.write(payload)
         f.write(b"\n@@END_ARCHIVE@@\n")
     os.chmod(target, 0o755)
@@ -329,7 +352,7 @@ def pack(args: argparse.Namespace) -> Path:
 
         default_name = "environment.sh" if args.create_executable else "environment.tar"
         output = Path(args.output_file) if args.output_file else Path.cwd() / default_name
-        written = _write_output(pack_dir, output.resolve(), args.create_executable)
+        written = _write_output(pack_dir, output.resolve(), args.create_executable, _unpacker(args))
     log(f"Created pack at {written} with size {written.stat().st_size} B.")
     return written
 
@@ -360,11 +383,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--create-executable", action="store_true", help="Create self-extracting executable")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("-q", "--quiet", action="count", default=0)
-    for unsupported in ("--auth-file", "--pixi-unpack-source", "--config"):
+    parser.add_argument("--pixi-unpack-source", help="Source of the pixi-unpack executable (path or URL)")
+    for unsupported in ("--auth-file", "--config"):
         parser.add_argument(unsupported, help=argparse.SUPPRESS)
     parser.add_argument("--directory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("auth_file", "pixi_unpack_source", "config"):
+    if args.pixi_unpack_source and not args.create_executable:
+        parser.error("the argument '--pixi-unpack-source <PIXI_UNPACK_SOURCE>' requires '--create-executable'")
+    for name in ("auth_file", "config"):
         if getattr(args, name):
             parser.error(f"--{name.replace('_', '-')} is not supported by the offline stand-in")
     if args.directory_only:
@@ -372,7 +398,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _older(version: str, than: str) -> bool:
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split("+")[0].split(".")[:3])
+    return parts(version) < parts(than)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"] or argv == ["-V"]:
+        print(f"pixi-pack {CLI_VERSION}")
+        return 0
+    if _older(CLI_VERSION, "0.7.0") and (not argv or argv[0] not in ("pack", "unpack")):
+        print("error: unrecognized subcommand or unexpected argument\n\nUsage: pixi-pack <COMMAND>\n\n"
+              "For more information, try '--help'.", file=sys.stderr)
+        return 2
     args = parse_args(argv)
     try:
         pack(args)

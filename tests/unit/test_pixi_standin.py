@@ -455,3 +455,38 @@ def test_a_swallowed_project_path_warns_and_still_packs_the_project(project: Pat
     result = packer.pack(tmp_path / "build", said.append)
     assert any("--inject takes every following value" in s and "'pixi.toml'" in s for s in said)
     assert result.artifact.is_file() and result.extra["self_extracting"] is True
+
+
+@pytest.mark.parametrize(("version", "lock", "needed"), [("0.6.3", "6", "0.7.1"), ("0.7.0", "6", "0.7.1"),
+                                                         ("0.7.5", "7", "0.7.7")])
+def test_a_too_old_pixi_pack_is_named_with_the_minimum_and_the_upgrade(tmp_path, monkeypatch, version, lock, needed):
+    from dagster_slurm.errors import ConfigurationError
+
+    bin_dir = tmp_path / "bin"
+    write_pixi_pack_executables(bin_dir)
+    (tmp_path / "pixi.lock").write_text(f"version: {lock}\nenvironments: {{}}\n")
+    monkeypatch.setenv("PIXI_PACK_STANDIN_VERSION", version)
+    if version < "0.7.0":  # the stand-in answers the current CLI as such a release does: a bare usage error
+        old = subprocess.run([str(bin_dir / "pixi-pack"), "-o", "x.tar", str(tmp_path)], capture_output=True, text=True)
+        assert old.returncode == 2 and "Usage: pixi-pack <COMMAND>" in old.stderr
+    packer = _packer(tmp_path, [str(bin_dir / "pixi-pack"), "--create-executable", "-o", "{output}", "{project}"])
+    (tmp_path / "build").mkdir()
+    with pytest.raises(ConfigurationError, match=rf"pixi-pack {version} .* needs pixi-pack >= {needed}.*pixi global"):
+        packer.pack(tmp_path / "build", print)
+
+
+def test_offline_packing_needs_a_local_pixi_unpack(project: Path, tmp_path: Path, monkeypatch) -> None:
+    from dagster_slurm.errors import ConfigurationError
+
+    write_pixi_pack_executables(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("PIXI_PACK_STANDIN_OFFLINE", "1")  # the download from GitHub fails, as on a closed network
+    for build in ("b1", "b2"):
+        (tmp_path / build).mkdir()
+    with pytest.raises(ConfigurationError, match="failed to download pixi-unpack[\\s\\S]*ComputeResource.pixi_unpack_source"):
+        _packer(project, None).pack(tmp_path / "b1", print)
+    offline = _packer(project, None, pixi_unpack_source=str(PIXI_UNPACK))  # the default command gets the flag
+    assert offline.command(tmp_path)[-3:-1] == ["--pixi-unpack-source", str(PIXI_UNPACK)]
+    result = offline.pack(tmp_path / "b2", print)
+    assert result.extra["self_extracting"] is True
+    assert _install(offline, result, tmp_path / "base" / "staging").returncode == 0

@@ -40,6 +40,7 @@ class PackSettings:
     debug_mode: bool = False
     lock_timeout: float = 1800.0
     pixi_unpack_path: str | None = None
+    pixi_unpack_source: str | None = None
 
 
 @dataclass
@@ -57,7 +58,8 @@ def make_packer(settings: PackSettings, metadata: Mapping[str, Any], transport) 
     platform = resolve_platform(transport, settings.pack_platform, settings.auto_detect_platform)
     if kind in ("pixi", "pixi-pack"):
         return PixiPackPacker(metadata.get(PACK_CMD_KEY) or settings.pack_cmd, lock.project_dir, platform,
-                              settings.cache_inject_globs, pixi_unpack_path=settings.pixi_unpack_path)
+                              settings.cache_inject_globs, pixi_unpack_path=settings.pixi_unpack_path,
+                              pixi_unpack_source=settings.pixi_unpack_source)
     if kind == "uv":
         if lock.kind != "uv":
             raise ConfigurationError(f"The uv packer needs a uv.lock, but the lock file found is {lock.path}.")

@@ -132,6 +132,10 @@ class ComputeResource(dg.ConfigurableResource):
         default=None, description="pixi-unpack on the cluster, for a pack command without --create-executable "
         "(a .tar). Unset: the one on PATH, else ~/.pixi/bin/pixi-unpack.",
     )
+    pixi_unpack_source: str | None = Field(
+        default=None, description="A local pixi-unpack binary (or URL) for the default pack command's "
+        "--create-executable (--pixi-unpack-source); unset, pixi-pack downloads it from GitHub while packing.",
+    )
     auto_detect_platform: bool = Field(
         default=False, description="Ask the edge node (uname -m) for the target platform, once per connection agent (or process)."
     )
@@ -391,7 +395,7 @@ class ComputeResource(dg.ConfigurableResource):
             lockfile=self.lockfile, packer=self.packer, pack_cmd=self.pack_cmd, pack_platform=self.pack_platform,
             auto_detect_platform=self.auto_detect_platform, cache_inject_globs=self.cache_inject_globs,
             remote_python=self.remote_python, python_version=self.python_version, debug_mode=self.debug_mode,
-            pixi_unpack_path=self.pixi_unpack_path,
+            pixi_unpack_path=self.pixi_unpack_path, pixi_unpack_source=self.pixi_unpack_source,
         )
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

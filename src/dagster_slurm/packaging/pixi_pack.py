@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import shlex
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +22,11 @@ from dagster_slurm.packaging.upload import upload_with_progress
 # pixi-pack's --create-executable embeds a pixi-unpack binary; these are the platforms it is built for
 PIXI_UNPACK_PLATFORMS = frozenset({"linux-64", "linux-aarch64", "osx-64", "osx-arm64", "win-64", "win-arm64"})
 UNPACKER_MISSING = 43  # install script's exit status when the .tar path finds no pixi-unpack
+
+# pixi-pack releases: 0.7.0 dropped the subcommands (`pixi-pack pack`), 0.7.1 fixed the self-extractor,
+# 0.7.7 reads v7 lock files
+MIN_VERSION, MIN_VERSION_V7_LOCK = (0, 7, 1), (0, 7, 7)
+UPGRADE = "pixi global install pixi-pack pixi-unpack (or: pixi global update pixi-pack)"
 
 DEFAULT_PACK_CMD = [
     "pixi-pack", "--environment", "default", "--platform", "{platform}",
@@ -51,14 +59,49 @@ def pixi_task_command(cmd: Sequence[str], project: Path) -> list[str] | None:
     return task.command if task else None
 
 
+@functools.lru_cache(maxsize=16)
+def pixi_pack_version(executable: str, cwd: str) -> tuple[int, ...] | None:
+    """``pixi-pack --version`` (asked once per executable and process), or None if it says no version."""
+    try:
+        proc = subprocess.run([executable, "--version"], cwd=cwd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"pixi-pack (\d+)\.(\d+)\.(\d+)", proc.stdout + proc.stderr)
+    return tuple(int(x) for x in m.groups()) if m else None
+
+
+def lock_version(project: Path) -> int | None:
+    m = re.search(r"^version:\s*(\d+)", (project / "pixi.lock").read_text(errors="replace")[:200], re.M) \
+        if (project / "pixi.lock").is_file() else None
+    return int(m.group(1)) if m else None
+
+
+def check_version(executable: str, project: Path) -> None:
+    """Fail with the minimum version and the upgrade command when pixi-pack is too old for this command
+    (older releases fail with a usage error that names neither)."""
+    version = pixi_pack_version(executable, str(project))
+    if version is None:
+        return
+    lock = lock_version(project)
+    need, why = (MIN_VERSION_V7_LOCK, f"to read this v{lock} pixi.lock") if (lock or 0) >= 7 else \
+        (MIN_VERSION, "for the command without subcommands and a working self-extractor")
+    if version < need:
+        have, want = ".".join(map(str, version)), ".".join(map(str, need))
+        raise ConfigurationError(f"pixi-pack {have} ({executable}) is too old: dagster-slurm needs pixi-pack >= {want} "
+                                 f"{why}. Upgrade it: {UPGRADE}.")
+
+
 class PixiPackPacker:
     name = "pixi-pack"
 
     def __init__(self, pack_cmd: Sequence[str] | str | None, project: Path, platform: str,
                  cache_inject_globs: Sequence[str] | None = None, timeout: float = 3600,
-                 pixi_unpack_path: str | None = None):
+                 pixi_unpack_path: str | None = None, pixi_unpack_source: str | None = None):
         self.pixi_unpack_path = pixi_unpack_path
+        self.pixi_unpack_source = pixi_unpack_source
         self.template = normalise_command(pack_cmd) if pack_cmd else list(DEFAULT_PACK_CMD)
+        if not pack_cmd and pixi_unpack_source:  # the default command: offline, pixi-unpack from a local copy
+            self.template[-1:-1] = ["--pixi-unpack-source", pixi_unpack_source]
         self.project = project
         self.platform = platform
         self.cache_inject_globs = cache_inject_globs
@@ -97,11 +140,21 @@ class PixiPackPacker:
                 "as a package to inject, not as the project; pixi-pack skips it and packs the project in the "
                 "working directory (dagster-slurm runs pack commands from the project folder, so that is this "
                 "project). Put the project path before --inject, or write --inject=FILE.")
+        if Path(effective[0]).name == "pixi-pack":
+            check_version(effective[0], task.cwd if task else self.project)
         artifact = ((task.cwd if task and not declared_output(cmd) else self.project) / declared).resolve()
         started = time.time()
         log(f"Packing: {' '.join(cmd)}")
-        run_build_command(cmd, self.project, "pack command (ComputeResource.pack_cmd / slurm_pack_cmd)",
-                          self.timeout)
+        try:
+            run_build_command(cmd, self.project, "pack command (ComputeResource.pack_cmd / slurm_pack_cmd)",
+                              self.timeout)
+        except ConfigurationError as err:
+            if "--create-executable" in effective and "pixi-unpack" in str(err) and "download" in str(err).lower():
+                raise ConfigurationError(
+                    f"{err}\npixi-pack --create-executable downloads pixi-unpack from GitHub while packing. On a "
+                    "machine without that access, set ComputeResource.pixi_unpack_source to a local pixi-unpack "
+                    "binary (or a reachable URL), or add --pixi-unpack-source to your pack command.") from None
+            raise
         if not artifact.is_file() or artifact.stat().st_mtime < started - 1:
             raise ConfigurationError(
                 f"The pack command `{' '.join(cmd)}` succeeded but made no artefact at {artifact} (its declared "
