@@ -345,6 +345,8 @@ ProctrackType=$proctrack
 TaskPlugin=$task
 
 # Scheduling
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0
 SelectType=select/cons_tres
@@ -360,10 +362,15 @@ $gather_params
 JobCompType=jobcomp/none
 
 NodeName=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1} RealMemory=$realmem State=UNKNOWN
-PartitionName=debug Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
-PartitionName=batch Nodes=$NODE_NAME Default=NO MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP PreemptMode=OFF
+PartitionName=batch Nodes=$NODE_NAME Default=NO MaxTime=INFINITE State=UP PreemptMode=OFF
+# Preemption, for real PREEMPTED jobs: a job in highprio cancels lowprio jobs on the node it needs;
+# short ends jobs at 1 minute (TIMEOUT) whatever they ask for
+PartitionName=lowprio Nodes=$NODE_NAME Default=NO MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=CANCEL
+PartitionName=highprio Nodes=$NODE_NAME Default=NO MaxTime=INFINITE State=UP PriorityTier=100 PreemptMode=OFF
+PartitionName=short Nodes=$NODE_NAME Default=NO MaxTime=1 State=UP PreemptMode=OFF
 $(multi_node_lines "$((defmem * 2))")
-PartitionName=$MULTI_PARTITION Nodes=n[1-${#MULTI_NODES[@]}] Default=NO MaxTime=INFINITE State=UP
+PartitionName=$MULTI_PARTITION Nodes=n[1-${#MULTI_NODES[@]}] Default=NO MaxTime=INFINITE State=UP PreemptMode=OFF
 EOF
 
     write_if_changed "$SLURM_ETC/cgroup.conf" 0644 root:root <<EOF && SLURM_CONF_CHANGED=1 || true

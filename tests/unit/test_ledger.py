@@ -154,3 +154,36 @@ def test_lookup_from_recorded_output():
     down = RECORDED["lookup_controller_down"]
     with pytest.raises(SlurmUnavailable, match="squeue failed"):  # nothing may be concluded
         parse_lookup(down["stdout"], down["run_dir"])
+
+
+# sbatch --test-only's answer, recorded from slurm-wlm 22.05.8 (stderr)
+TEST_ONLY = "sbatch: Job 2420 to start at 2026-12-04T18:45:54 using 1 processors on nodes vm in partition debug"
+
+
+def test_the_first_try_asks_when_the_job_would_start(tmp_path):
+    from dagster_slurm.slurm.ledger import parse_estimate
+
+    (tmp_path / "call" / "0").mkdir(parents=True)
+    env = _stub_path(tmp_path, f'case "$1" in --test-only) echo "{TEST_ONLY}" >&2 ;; *) echo 91 ;; esac')
+    out = subprocess.run(["sh", "-c", submit_command(str(tmp_path / "call"), _job(job_id=None), 0, sbatch_timeout=5,
+                                                     lease_dir=None)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and parse_submit(out.stdout) == "91"
+    now, start, nodes, partition = parse_estimate(out.stdout)
+    assert (start, nodes, partition) == ("2026-12-04T18:45:54", "vm", "debug") and now[:2] == "20"
+    later = submit_command(str(tmp_path / "call"), _job(job_id=None), 1, sbatch_timeout=5, lease_dir=None)
+    assert "--test-only" not in later  # asked once, not on retries
+    failing = _stub_path(tmp_path, 'case "$1" in --test-only) echo "sbatch: error: x" >&2; exit 1 ;; *) echo 92 ;; esac')
+    (tmp_path / "call2" / "0").mkdir(parents=True)
+    out = subprocess.run(["sh", "-c", submit_command(str(tmp_path / "call2"), _job(job_id=None), 0, sbatch_timeout=5,
+                                                     lease_dir=None)], capture_output=True, text=True, env=failing)
+    assert parse_submit(out.stdout) == "92" and parse_estimate(out.stdout) is None  # no estimate, still submitted
+
+
+def test_estimate_text_and_metadata():
+    from dagster_slurm.pipes.client import estimate_metadata, start_estimate_text
+
+    estimate = ("2026-12-04T18:44:54", "2026-12-04T18:45:54", "vm", "debug")
+    assert estimate_metadata(estimate) == {"slurm_expected_start": "2026-12-04T18:45:54", "slurm_expected_wait_seconds": 60}
+    assert start_estimate_text("7", estimate) == ("Slurm expects job 7 to start at 2026-12-04T18:45:54 (cluster time), "
+                                                  "in about 60 s, on vm in partition debug (sbatch --test-only).")
+    assert estimate_metadata(None) == {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,36 @@ def test_time_limits_pass_through_for_sbatch_to_judge(limit):
     # sbatch is the authority on time syntax and partition limits; its own message is passed
     # through (tests/integration/test_bad_input.py checks that on the real cluster)
     assert queue_directives({"time_limit": limit})["time"] == limit
+
+
+def test_the_signal_before_the_time_limit_reaches_the_payload_and_its_status_is_kept(tmp_path):
+    """Slurm signals the batch shell (--signal=B:USR1@60); the job script passes it on, notes it, and exits with
+    the payload's own status. Run by bash here, signalled as slurmstepd would."""
+    import signal as signals
+    import time
+
+    from dagster_slurm.slurm.script import SIGNALLED_FILE
+
+    payload = tmp_path / "p.py"
+    payload.write_text("import os, signal, sys, time\n"
+                       "signal.signal(signal.SIGUSR1, lambda *a: (open('got', 'w').write(os.environ['DAGSTER_SLURM_TIMEOUT_SIGNAL']), sys.exit(7)))\n"
+                       "open('started', 'w').close()\ntime.sleep(30)\n")
+    directives = queue_directives({}, {"signal_before_timeout": "USR1@60"})
+    assert directives["signal"] == "B:USR1@60"
+    script = render_job_script(JobScript("j", str(tmp_path), [sys.executable, str(payload)], directives=directives))
+    assert "#SBATCH --signal=B:USR1@60" in script
+    proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path)
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signals.SIGUSR1)
+    assert proc.wait(timeout=20) == 7
+    assert (tmp_path / "got").read_text() == "USR1" and (tmp_path / SIGNALLED_FILE).exists()
+    assert (tmp_path / "exit_code").read_text().strip() == "7"
+
+
+@pytest.mark.parametrize("value", ["TERM", "TERM@", "@60", "TERM@1m"])
+def test_signal_before_timeout_needs_signal_at_seconds(value):
+    with pytest.raises(ConfigurationError, match="not SIGNAL@SECONDS"):
+        queue_directives({}, {"signal_before_timeout": value})

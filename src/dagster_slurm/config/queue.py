@@ -86,6 +86,10 @@ class SlurmQueueConfig(dg.Config):
     gpus_per_node: int = Field(default=0, description="GPUs per node (--gpus-per-node); 0 for none.")
     gpu_type: str | None = Field(default=None, description="GPU type, e.g. 'a100' (--gpus-per-node=a100:N).")
     num_nodes: int = Field(default=1, description="Number of nodes (--nodes).")
+    signal_before_timeout: str | None = Field(
+        default=None, description="Signal the payload this long before the time limit, e.g. 'TERM@120' "
+        "(sbatch --signal=B:TERM@120; the job script passes it on to the payload). Slurm may send it up to "
+        "a minute early.")
     qos: str | None = Field(default=None, description="Quality of service (--qos).")
     account: str | None = Field(default=None, description="Account to charge (--account).")
     reservation: str | None = Field(default=None, description="Reservation (--reservation).")

@@ -18,6 +18,9 @@ QUEUE_ENV = {"partition": "SLURM_PARTITION", "cpus": "SLURM_CPUS", "mem": "SLURM
 DEFAULT_REMOTE_BASE = "dagster-slurm"  # relative: resolved against the remote home directory
 
 
+REQUEUE_STATES = frozenset({"TIMEOUT", "PREEMPTED", "NODE_FAIL"})
+
+
 class SlurmResource(dg.ConfigurableResource):
     """A Slurm cluster reached over SSH.
 
@@ -80,6 +83,24 @@ class SlurmResource(dg.ConfigurableResource):
         "the cluster's MaxArraySize (scontrol show config); a smaller value here wins. Larger task counts "
         "are split into several arrays.",
     )
+
+    requeue_on: list[str] = Field(
+        default_factory=list,
+        description="Job end states after which the step's job is submitted again (same step, same checkpoint "
+        "folder, DAGSTER_SLURM_CHECKPOINT_DIR): any of TIMEOUT, PREEMPTED, NODE_FAIL. A job that exits after "
+        "SlurmQueueConfig.signal_before_timeout's signal counts as TIMEOUT. Default: none.",
+    )
+    max_requeues: int = Field(default=3, ge=0, description="Most resubmissions of one step's job (requeue_on).")
+
+    @field_validator("requeue_on")
+    @classmethod
+    def _check_requeue_on(cls, value: list[str]) -> list[str]:
+        states = [str(v).upper() for v in value]
+        wrong = [s for s in states if s not in REQUEUE_STATES]
+        if wrong:
+            raise ConfigurationError(f"SlurmResource.requeue_on: {', '.join(wrong)} cannot be requeued; use any of "
+                                     f"{', '.join(sorted(REQUEUE_STATES))}.")
+        return states
 
     @field_validator("job_url_template")
     @classmethod

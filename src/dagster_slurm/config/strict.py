@@ -9,7 +9,7 @@ from dagster_slurm.errors import ConfigurationError
 
 # settings of the other dagster-slurm project that we do not implement -> what to do here instead
 NOT_OFFERED = {
-    "signal_before_timeout": "not supported yet; a job ends at its time limit (raise SlurmQueueConfig.time_limit)",
+    "signal_before_timeout": "it is a SlurmQueueConfig setting (or a resource_requirements key), e.g. 'TERM@120'",
     "session": "no shared allocations: every step is its own batch job (or a job array for a partition range)",
     "allocation_scope": "no shared allocations: every step is its own batch job (or a job array for a partition "
                         "range)",

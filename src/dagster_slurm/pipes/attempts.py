@@ -34,6 +34,7 @@ from dagster_slurm.slurm.ledger import (
     claims,
     decide,
     lookup_command,
+    parse_estimate,
     parse_ledger,
     parse_lookup,
     parse_state,
@@ -60,6 +61,8 @@ class Placement:
     folder: str
     attempt: Attempt
     decision: Decision
+    # sbatch --test-only's answer when this process submitted: (cluster time, expected start, nodes, partition)
+    estimate: tuple[str, str, str, str] | None = None
 
     @property
     def run_dir(self) -> str:
@@ -222,6 +225,7 @@ class StepCallLedger:
                 what = "the connection dropped during sbatch"
             else:
                 job_id = parse_submit(result.stdout)
+                placement.estimate = placement.estimate or parse_estimate(result.stdout)
                 if job_id is not None:
                     if result.exit_status != 0:  # submitted, but the ledger line or lease was not written
                         self._append({**attempt.record(), "job_id": job_id})

@@ -16,8 +16,14 @@ from dagster_slurm.pipes.context import SlurmContextInjector
 from dagster_slurm.pipes.failure import exception_line, exit_text, stderr_metadata
 from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
 from dagster_slurm.pipes.waiting import wait_for_job
-from dagster_slurm.slurm.parse import JobAccounting
-from dagster_slurm.slurm.script import ACTIVATION_FAILED, JobScript, render_job_script
+from dagster_slurm.slurm.parse import JobAccounting, parse_timestamp, significant
+from dagster_slurm.slurm.script import (
+    ACTIVATION_FAILED,
+    SIGNALLED_FILE,
+    JobScript,
+    forwarded_signal,
+    render_job_script,
+)
 from dagster_slurm.slurm.watcher import JobWatcher
 from dagster_slurm.transport.base import Transport
 
@@ -51,6 +57,13 @@ class SlurmJobRequest:
     lease_dir: str | None = None  # a file named after the job id goes here, so gc keeps the env
     sbatch_timeout: float = 120.0  # cluster-side bound of one sbatch call
     job_url: Callable[[str], str | None] = lambda _job_id: None  # a link to the job in the site's web UI
+    requeue_on: Sequence[str] = ()  # end states after which the job is submitted again (SlurmResource.requeue_on)
+    max_requeues: int = 0
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """Per step call (identity): kept across requeues and re-executions, removed with the step's success."""
+        return f"{self.folder}/checkpoint"
 
     def link(self, job_id: str) -> dict[str, object]:
         """``slurm_job_url`` metadata for ``job_id`` when a link template is set."""
@@ -61,6 +74,29 @@ class SlurmJobRequest:
 def env_file_text(env: Mapping[str, str]) -> str:
     """Shell ``export`` lines; names were checked by ``config.env.check_env_names``."""
     return "".join(f"export {key}={shlex.quote(str(value))}\n" for key, value in env.items())
+
+
+def start_estimate_text(job_id: str, estimate: tuple[str, str, str, str]) -> str:
+    now, start, nodes, partition = estimate
+    wait = _seconds_between(now, start)
+    return (f"Slurm expects job {job_id} to start at {start} (cluster time)"
+            + (f", in about {wait} s," if wait is not None and wait > 0 else ",")
+            + f" on {nodes} in partition {partition} (sbatch --test-only).")
+
+
+def estimate_metadata(estimate: tuple[str, str, str, str] | None) -> dict[str, Any]:
+    """The expected start (sbatch --test-only, just before submitting) as metadata."""
+    if not estimate:
+        return {}
+    now, start, _nodes, _partition = estimate
+    wait = _seconds_between(now, start)
+    return {"slurm_expected_start": start,
+            **({"slurm_expected_wait_seconds": max(wait, 0)} if wait is not None else {})}
+
+
+def _seconds_between(earlier: str, later: str) -> int | None:
+    a, b = parse_timestamp(earlier), parse_timestamp(later)
+    return int(b - a) if a is not None and b is not None else None
 
 
 class SlurmCompletedInvocation(PipesClientCompletedInvocation):
@@ -99,6 +135,44 @@ class SlurmPipesClient(PipesClient):
     ) -> PipesClientCompletedInvocation:
         ledger = StepCallLedger(self.transport, request.folder, sbatch_timeout=request.sbatch_timeout,
                                 warn=context.log.warning)
+        ended: list[SlurmJobError] = []  # earlier attempts of this call that ended in a requeue_on state
+        while True:
+            try:
+                session, acct, job_id, estimate = self._attempt(context, request, extras, ledger)
+                break
+            except SlurmJobError as err:
+                if err.state not in request.requeue_on:
+                    raise
+                if len(ended) >= request.max_requeues:
+                    jobs = ", ".join(e.job_id for e in [*ended, err])
+                    raise SlurmJobError(
+                        f"{err.description}\nGave up after {len(ended)} requeue(s) (SlurmResource.max_requeues="
+                        f"{request.max_requeues}); the attempts were Slurm jobs {jobs}.",
+                        err.job_id, err.state, err.exit_code, err.stderr_tail,
+                        {**(err.metadata or {}), **self._requeue_metadata([*ended, err])}) from None
+                ended.append(err)
+                context.log.warning(f"Slurm job {err.job_id} ended {err.state}: submitting it again (requeue "
+                                    f"{len(ended)} of at most {request.max_requeues}); the payload resumes from "
+                                    f"DAGSTER_SLURM_CHECKPOINT_DIR={request.checkpoint_dir}")
+        metadata: dict[str, Any] = {**acct.metadata(request.directives), **estimate, **request.metadata,
+                                    **request.link(job_id)}
+        if ended:
+            metadata.update(self._requeue_metadata(ended, acct))
+        return SlurmCompletedInvocation(session, metadata, {"slurm_job_id": dg.MetadataValue.text(job_id),
+                                                            **request.link(job_id)})
+
+    @staticmethod
+    def _requeue_metadata(ended: Sequence[SlurmJobError], final: JobAccounting | None = None) -> dict[str, Any]:
+        values = [(e.metadata or {}).get("slurm_node_hours") for e in ended]
+        total = sum(float(v.value) for v in values if v is not None and isinstance(v.value, (int, float))) + (final.node_hours if final is not None else 0.0)
+        return {"slurm_requeues": len(ended) if final is not None else len(ended) - 1,
+                "slurm_attempt_job_ids": ", ".join([*(e.job_id for e in ended), *([final.job_id] if final else [])]),
+                "slurm_node_hours_all_attempts": significant(total)}
+
+    def _attempt(self, context, request: SlurmJobRequest, extras: Mapping[str, object] | None,
+                 ledger: StepCallLedger):
+        """One job of this step call: submit (or reattach to) it, stream it, and return (session, accounting,
+        job id) when it succeeded; raise SlurmJobError otherwise."""
         placement = ledger.place(run_id=request.run_id, fingerprint=request.fingerprint, job_name=request.job_name)
         self._say(context, placement)
         files = RunFiles(placement.run_dir)
@@ -110,12 +184,16 @@ class SlurmPipesClient(PipesClient):
         ) as session:
             job_id = placement.attempt.job_id
             if job_id is None:
+                if request.requeue_on:
+                    self.transport.mkdir_p(request.checkpoint_dir)
                 self._stage(request, placement, {**request.env, **session.get_bootstrap_env_vars()},
                             injector.pending)
                 job_id = ledger.submit(placement, request.lease_dir, self._describe(request))
                 placement.attempt.job_id = job_id
                 context.log.info(f"Submitted Slurm job {job_id} ({placement.attempt.job_name}); "
                                  f"run folder {files.run_dir}")
+                if placement.estimate:
+                    context.log.info(start_estimate_text(job_id, placement.estimate))
             # the job's secrets go once it is over (a queued job still sources them): with a cancel, or below
             forget_secrets = "rm -f -- " + " ".join(shlex.quote(files.path(n)) for n in ("env.sh", CONTEXT_FILE))
             reader.start()
@@ -128,7 +206,7 @@ class SlurmPipesClient(PipesClient):
                 try:
                     self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files,
                                             {**acct.metadata(request.directives),
-                                             **request.link(job_id)})
+                                             **request.link(job_id)}, request.directives)
                 except SlurmJobError:
                     ledger.report(placement, acct.state, success=False, keep=True)
                     raise
@@ -137,10 +215,7 @@ class SlurmPipesClient(PipesClient):
             finally:
                 if not folder_gone:
                     self.transport.run(forget_secrets, check=False, retry=True)
-        metadata: dict[str, Any] = {**acct.metadata(request.directives), **request.metadata,
-                                    **request.link(job_id)}
-        return SlurmCompletedInvocation(session, metadata, {"slurm_job_id": dg.MetadataValue.text(job_id),
-                                                            **request.link(job_id)})
+        return session, acct, job_id, estimate_metadata(placement.estimate)
 
     # -- steps
     @staticmethod
@@ -197,7 +272,8 @@ class SlurmPipesClient(PipesClient):
         self.transport.write_many(batch)
 
     def _raise_for_outcome(self, acct: JobAccounting, reader: SlurmRunMessageReader, opened: bool,
-                           files: RunFiles, metadata: dict[str, Any]) -> None:
+                           files: RunFiles, metadata: dict[str, Any],
+                           request_directives: Mapping[str, str] | None = None) -> None:
         """Raise unless the job and its payload succeeded. The failure's text leads with the payload's own
         exception line and Slurm's verdict; it carries the job's figures, the stderr tail (once, as
         markdown) and, as path metadata, the run folder and the logs kept on the cluster."""
@@ -208,13 +284,20 @@ class SlurmPipesClient(PipesClient):
         payload_rc = reader.state.exit_code
         if acct.state == "COMPLETED" and payload_rc in (0, None) and opened:
             return
+        if forwarded_signal(request_directives or {}) and acct.state in ("FAILED", "COMPLETED", "CANCELLED") \
+                and self.transport.stat_size(files.path(SIGNALLED_FILE)) is not None:
+            # the payload was signalled before the time limit and ended: for requeue_on, a timeout (the metadata
+            # keeps sacct's own state and says so)
+            acct = JobAccounting(**{**acct.__dict__, "state": "TIMEOUT"})
+            metadata = {**metadata, "slurm_signalled_before_timeout": True}
         if not acct.accounted and acct.state in ("COMPLETED", "UNKNOWN") and payload_rc == 0 and opened:
             return  # no accounting, but the job script recorded the payload's success
         if acct.state == "COMPLETED" and payload_rc in (0, None):
             raise SlurmJobError(NO_PIPES_HINT + f"\n(Slurm job {acct.job_id}; output in {files.run_dir})",
                                 acct.job_id, acct.state, acct.exit_code, stderr_tail, metadata)
         what = {
-            "TIMEOUT": "the job hit its time limit (raise time_limit)",
+            "TIMEOUT": "the job hit its time limit, or ended after the signal before it (raise time_limit, or "
+                       "requeue it: SlurmResource.requeue_on)",
             "OUT_OF_MEMORY": "the job ran out of memory (raise mem)",
             "CANCELLED": "the job was cancelled",
             "NODE_FAIL": "a node failed",

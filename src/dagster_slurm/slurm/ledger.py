@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,6 +39,7 @@ SBATCH_GUARD = "sbatch"
 CLOSED = "closed"
 GUARD_TAKEN = 75  # exit status of the submit command when the try was taken or the attempt closed
 SUBMITTED = "dagster-slurm-job-id:"  # the submit command prints this and the job id once sbatch succeeded
+ESTIMATE = "dagster-slurm-estimate|"  # ...and, before it, the cluster's time and sbatch --test-only's answer
 
 
 @dataclass
@@ -132,8 +134,12 @@ def submit_command(folder: str, attempt: Attempt, try_number: int, *, sbatch_tim
     record = ledger_line({**attempt.record(), "job_id": "JOBID"})
     fmt = record.replace("\\", "\\\\").replace("%", "%%").replace('"JOBID"', '"%s"').replace("\n", "\\n")
     lease = f"; touch {q(lease_dir)}/\"$jid\" 2>/dev/null" if lease_dir else ""
+    # the first try asks Slurm when the job would start (same script and directives; bounded, never fatal)
+    estimate = (f"{{ est=$(timeout -k 2 10 sbatch --test-only job.sh 2>&1 | grep ' to start at ' | tail -n 1); "
+                f"[ -z \"$est\" ] || printf '{ESTIMATE}%s|%s\\n' \"$(date +%Y-%m-%dT%H:%M:%S)\" \"$est\"; true; }} && "
+                if try_number == 0 else "")
     return (
-        f"cd {q(run_dir)} && {{ mkdir {guard} 2>/dev/null || exit {GUARD_TAKEN}; }} && date +%s > {guard}/at && "
+        f"cd {q(run_dir)} && {estimate}{{ mkdir {guard} 2>/dev/null || exit {GUARD_TAKEN}; }} && date +%s > {guard}/at && "
         f"{{ [ ! -e {CLOSED} ] || exit {GUARD_TAKEN}; }} && "
         f"jid=$(umask 077; timeout -k 5 {max(1, math.ceil(sbatch_timeout))} sbatch --parsable job.sh) && "
         f"jid=${{jid%%;*}} && printf '{SUBMITTED}%s\\n' \"$jid\" && "
@@ -146,6 +152,19 @@ def parse_submit(stdout: str) -> str | None:
     for line in stdout.splitlines():
         if line.startswith(SUBMITTED) and JOB_ID.match(line[len(SUBMITTED):].strip()):
             return parse_sbatch_job_id(line[len(SUBMITTED):])
+    return None
+
+
+def parse_estimate(stdout: str) -> tuple[str, str, str, str] | None:
+    """(cluster time when asked, expected start, nodes, partition) from the submit command's estimate line,
+    which holds ``sbatch: Job N to start at 2026-12-04T18:45:54 using 1 processors on nodes vm in partition
+    debug`` (sbatch --test-only, recorded)."""
+    for line in stdout.splitlines():
+        if line.startswith(ESTIMATE):
+            now, _, text = line[len(ESTIMATE):].partition("|")
+            m = re.search(r"to start at (\S+) using \d+ processors on nodes (\S+) in partition (\S+)", text)
+            if m:
+                return now, m.group(1), m.group(2), m.group(3)
     return None
 
 

@@ -30,6 +30,7 @@ REQUIREMENT_KEYS = {
     "qos": "qos",
     "account": "account",
     "reservation": "reservation",
+    "signal_before_timeout": "signal-before-timeout",  # not an sbatch option: makes --signal=B:<SIG>@<seconds>
 }
 
 
@@ -61,6 +62,13 @@ def from_extra_slurm_opts(opts: Mapping[str, object]) -> dict[str, object]:
 _MEMORY = ("mem", "mem-per-cpu")
 ATTEMPT_PREFIX = "# dagster-slurm attempt: "
 ACTIVATION_FAILED = 97  # the job script's exit status when its env file or activate.sh cannot be sourced
+SIGNALLED_FILE = "timeout_signal"  # written in the run folder when the job script passed the time-limit signal on
+
+
+def forwarded_signal(directives: Mapping[str, str]) -> tuple[str, str] | None:
+    """(signal, seconds) when the job asks for its batch shell to be signalled before the limit (B:SIG@SECS)."""
+    m = re.fullmatch(r"B:(?:SIG)?([A-Z0-9]+)@(\d+)", str(directives.get("signal", "")))
+    return (m.group(1), m.group(2)) if m else None
 
 
 def attempt_from_script(text: str) -> dict[str, Any]:
@@ -114,6 +122,12 @@ def queue_directives(queue: Mapping[str, object], overrides: Mapping[str, object
     directives.update(top)
     if directives.get("gpus-per-node") == "0":
         del directives["gpus-per-node"]
+    before = directives.pop("signal-before-timeout", None)
+    if before:
+        m = re.fullmatch(r"(?:SIG)?([A-Z0-9]+)@(\d+)", before.strip().upper())
+        if not m:
+            raise ConfigurationError(f"{setting}: signal_before_timeout={before!r} is not SIGNAL@SECONDS, e.g. 'TERM@120'.")
+        directives["signal"] = f"B:{m.group(1)}@{m.group(2)}"
     gpu_type = directives.pop("gpu-type", None)
     if gpu_type:
         if "gpus-per-node" not in directives:
@@ -180,15 +194,23 @@ def render_job_script(job: JobScript) -> str:
     # The exit-code file is written whatever happens: also when the environment cannot be set up
     # (status 97) or the command cannot start (126/127 from the shell).
     sources = [f for f in (job.env_file, job.activate) if f]
+    run_lines = [" ".join(q(arg) for arg in job.command), "rc=$?"]
+    signal = forwarded_signal(directives)
+    if signal:
+        # Slurm signals the batch shell (B:): run the payload in the background so the trap runs at once, pass
+        # the signal on, note it, and keep waiting for the payload's own exit status
+        name, seconds = signal
+        lines.append(f"export DAGSTER_SLURM_TIMEOUT_SIGNAL={name} DAGSTER_SLURM_TIMEOUT_SIGNAL_SECONDS={seconds}")
+        lines.append(f"trap 'touch {q(run + '/' + SIGNALLED_FILE)}; kill -s {name} \"$child\" 2>/dev/null' {name}")
+        run_lines = [run_lines[0] + ' & child=$!', 'wait "$child"; rc=$?',
+                     'while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done']
     if sources:
         failed = q(f"dagster-slurm: sourcing {' or '.join(sources)} failed")
         lines.append(f"if {' && '.join('. ' + q(f) for f in sources)}; then")
-        lines.append("  " + " ".join(q(arg) for arg in job.command))
-        lines.append("  rc=$?")
+        lines += ["  " + line for line in run_lines]
         lines.append(f"else echo {failed} >&2; rc={ACTIVATION_FAILED}; fi")
     else:
-        lines.append(" ".join(q(arg) for arg in job.command))
-        lines.append("rc=$?")
+        lines += run_lines
     if job.array:
         exit_file = q(run + "/exit_code.") + '"$SLURM_ARRAY_TASK_ID"'
         temporary = q(run + "/exit_code.tmp.") + '"$SLURM_ARRAY_TASK_ID"'
