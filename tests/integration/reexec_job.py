@@ -3,7 +3,8 @@ public API with a real DagsterInstance (DAGSTER_HOME), the multiprocess executor
 
 Usage: python reexec_job.py run|reexec
 Environment: DAGSTER_HOME, TEST_ASSET (asset name), TEST_PAYLOAD, TEST_SECONDS, TEST_REMOTE_BASE, TEST_ENV,
-optionally TEST_COMMAND_TIMEOUT and TEST_NODES (run on that many nodes of the multinode partition, srun),
+optionally TEST_COMMAND_TIMEOUT, TEST_NODES (run on that many nodes of the multinode partition, srun),
+TEST_PREEMPTIBLE=1 (the whole node in the preemptible partition, requeued when preempted) and TEST_TARGET,
 the cluster's SLURM_EDGE_NODE_* settings and TESTCLUSTER_KNOWN_HOSTS.
 Prints "SUCCESS" or "FAILURE" at the end.
 """
@@ -26,7 +27,8 @@ from dagster_slurm import (
 def sleeper(context: dg.AssetExecutionContext, compute: ComputeResource):
     seconds = float(os.environ["TEST_SECONDS"])
     nodes = int(os.environ.get("TEST_NODES", "0"))  # >0: every node runs the payload (srun), multinode partition
-    return compute.run(context=context, payload_path=os.environ["TEST_PAYLOAD"], extras={"seconds": seconds},
+    extras = {"seconds": seconds, "target": int(os.environ.get("TEST_TARGET", "0"))}
+    return compute.run(context=context, payload_path=os.environ["TEST_PAYLOAD"], extras=extras,
                        launcher=SrunLauncher() if nodes else None,
                        resource_requirements={"partition": "multinode", "num_nodes": nodes} if nodes else None,
                        ).get_results()
@@ -35,8 +37,11 @@ def sleeper(context: dg.AssetExecutionContext, compute: ComputeResource):
 def resources() -> dict:
     ssh = SSHConnectionResource.from_env(known_hosts_file=os.environ["TESTCLUSTER_KNOWN_HOSTS"],
                                          command_timeout=float(os.environ.get("TEST_COMMAND_TIMEOUT", 120)))
+    preemptible = os.environ.get("TEST_PREEMPTIBLE") == "1"  # the whole node in lowprio, requeued when preempted
     slurm = SlurmResource(ssh=ssh, remote_base=os.environ["TEST_REMOTE_BASE"],
-                          queue=SlurmQueueConfig(mem="128M", time_limit="00:05:00"))
+                          requeue_on=["PREEMPTED"] if preemptible else [], max_requeues=2,
+                          queue=SlurmQueueConfig(mem="128M", time_limit="00:05:00",
+                                                 **({"partition": "lowprio", "cpus": 2} if preemptible else {})))
     return {"compute": ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=os.environ["TEST_ENV"])}
 
 

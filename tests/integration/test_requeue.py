@@ -85,3 +85,31 @@ def test_a_preempted_job_is_requeued_and_finishes(ssh, remote_base, pipes_env, p
     first = meta["slurm_attempt_job_ids"].value.split(", ")[0]
     states = transport.run(f"sacct -X -n -P -o JobID,State -j {first},{high}").stdout
     assert f"{first}|PREEMPTED" in states and f"{high}|COMPLETED" in states
+
+
+def test_a_crash_during_a_requeue_makes_no_second_job(cluster_env, remote_base, pipes_env, payloads, transport,
+                                                       tmp_path):
+    """The orchestrator is killed (kill -9) right after it submitted the requeued job; the re-execution
+    reattaches to that job: two jobs in all, the preempted one and the one that finished."""
+    import time
+
+    from tests.integration.test_lifecycle import Orchestrator
+
+    (tmp_path / "home").mkdir()
+    o = Orchestrator(cluster_env, remote_base, pipes_env, tmp_path / "home", payload=payloads / "checkpoints.py",
+                     prefix="requeued", TEST_PREEMPTIBLE="1", TEST_TARGET="10")
+    first = o.start("run")
+    job_id = o.wait_job(transport, {"RUNNING"})
+    time.sleep(2)
+    high = transport.run("sbatch --parsable -p highprio -c 2 --mem=50M -t 1 --wrap 'sleep 6'").stdout.strip()
+    deadline = time.monotonic() + 60
+    while len(o.jobs(transport)) < 2:  # the orchestrator saw PREEMPTED and submitted the job again
+        assert time.monotonic() < deadline, o.jobs(transport)
+        time.sleep(0.2)
+    o.kill_tree(first)
+    out = o.finish("reexec")
+    assert out.strip().endswith("SUCCESS"), out[-3000:]
+    jobs = o.jobs(transport)
+    assert [state.split(" ")[0] for _, state in jobs] == ["PREEMPTED", "COMPLETED"] and jobs[0][0] == job_id, jobs
+    assert any("Reattaching to Slurm job" in m for m in o.messages())
+    assert transport.run(f"sacct -X -n -P -o State -j {high}").stdout.strip() == "COMPLETED"
