@@ -158,7 +158,10 @@ def test_a_queued_job_says_why_at_info_and_reports_its_wait(slurm, pipes_env, pa
     meta = result.asset_materializations_for_node("reporter")[0].metadata
     job_id = meta["slurm_job_id"].value
     info = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.INFO]
-    assert f"Slurm job {job_id}: PENDING (Resources)" in info  # RUNNING may pass between two polls of a 1 s job
+    pending = [m for m in info if m.startswith(f"Slurm job {job_id}: PENDING (Resources)")]
+    assert pending, info  # RUNNING may pass between two polls of a 1 s job
+    # squeue's own estimate (%S) joins that line once Slurm's backfill has made one (often not within these
+    # few seconds here; the parsing is tested with a recording)
     # sbatch --test-only, just before the submission, saw the job waiting for the blocker's end (its 1 min limit)
     assert any(m.startswith(f"Slurm expects job {job_id} to start at ") and " in about " in m for m in info), info
     assert meta["slurm_expected_wait_seconds"].value >= 1 and meta["slurm_expected_start"].value[:2] == "20"

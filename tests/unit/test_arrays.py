@@ -98,6 +98,15 @@ def test_ledger_keeps_the_done_tasks():
     assert parse_ledger(text)[0].done == (0, 1, 2, 4, 5)
 
 
+def test_watcher_keeps_a_pending_jobs_expected_start():
+    transport = RecordedTransport({"squeue": recorded("squeue_pending_start.txt"), "sacct": ""})
+    watcher = JobWatcher(transport, 0.05, 0.1)
+    handle = watcher.watch("2499")
+    watcher.tick([handle])
+    assert (handle.state, handle.reason, handle.start) == ("PENDING", "Resources", "2026-12-04T18:59:12")
+    watcher.forget("2499")
+
+
 def test_watcher_follows_an_array_to_its_end():
     transport = RecordedTransport({"squeue": recorded("squeue_array_throttled.txt"),
                                    "sacct": recorded("sacct_array_throttled.txt")})

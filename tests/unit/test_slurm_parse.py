@@ -76,8 +76,18 @@ def test_recordings_with_todays_fields_exist():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("squeue_*")))
 def test_squeue_recordings_use_squeue_format(name):
-    text = (DATA / name).read_text()
-    assert f"squeue -h -t all -o '{SQUEUE_FORMAT}' -j " in text
+    """Today's SQUEUE_FORMAT, or the one before the start (%S) was added."""
+    fmt = re.search(r"squeue -h -t all -o '([^']+)' -j ", (DATA / name).read_text()).group(1)
+    assert fmt in (SQUEUE_FORMAT, SQUEUE_FORMAT.rsplit("|", 1)[0])
+
+
+def test_a_pending_job_has_an_expected_start():
+    queue = parse_squeue(recorded("squeue_pending_start.txt"))
+    assert (queue["2499"].state, queue["2499"].reason, queue["2499"].start) == ("PENDING", "Resources",
+                                                                                "2026-12-04T18:59:12")
+    assert queue["2498"].start == "2026-12-04T18:58:12"  # running: when it started
+    assert parse_squeue("7|PENDING|Priority|N/A\n")["7"].start == ""  # no estimate yet
+    assert parse_squeue(recorded("squeue_running_pending.txt"))  # recorded without %S: still parsed
 
 
 # --- sbatch --------------------------------------------------------------------------------------

@@ -287,7 +287,7 @@ class AgentWatcher(HandleSet):
                 if handle is None:
                     continue
                 self._known[job] = protocol.stamp(snap)
-                handle.state, handle.reason = snap["state"], snap["reason"]
+                handle.state, handle.reason, handle.start = snap["state"], snap["reason"], snap.get("start", "")
                 if snap.get("exited"):
                     handle.mark_exited(snap.get("exit_code"))
                 if snap["done"]:

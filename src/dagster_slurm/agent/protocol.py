@@ -82,7 +82,7 @@ def unb64(text: str | None) -> bytes | None:
 
 def stamp(snapshot: dict) -> str:
     """What a client knows of a watched job; the agent answers a long poll when it differs."""
-    return f"{snapshot['state']}|{snapshot['reason']}|{snapshot['done']}|{snapshot.get('exited')}"
+    return f"{snapshot['state']}|{snapshot['reason']}|{snapshot.get('start')}|{snapshot['done']}|{snapshot.get('exited')}"
 
 
 # ------------------------------------------------------------------------------ errors across the socket

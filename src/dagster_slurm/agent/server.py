@@ -52,6 +52,7 @@ def _snapshot(handle: JobHandle) -> dict:
     return {
         "state": handle.state,
         "reason": handle.reason,
+        "start": handle.start,
         "done": handle.done.is_set(),
         "final": asdict(handle.final) if handle.final is not None else None,
         "error": str(handle.error) if handle.error is not None else None,

@@ -39,20 +39,22 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
     if on_exit is not None:
         handle.when_exited(on_exit)
     started = clock()
-    seen, told_at = ("", ""), started
+    seen: tuple[str, str, bool] = ("", "", False)
+    told_at = started
     try:
         while not handle.wait(0.5):
             if on_tick is not None:
                 on_tick()
             now = clock()
             state, reason = handle.state, handle.reason if handle.reason not in ("None", "(null)") else ""
-            if (state, reason) != seen:
-                seen, told_at = (state, reason), now
-                log.info(f"Slurm job {job_id}: {state}" + (f" ({reason})" if reason else ""))
+            expected = f", expected to start at {handle.start}" if state == "PENDING" and handle.start else ""
+            if (state, reason, bool(expected)) != seen:  # also once when Slurm first gives an estimate
+                seen, told_at = (state, reason, bool(expected)), now
+                log.info(f"Slurm job {job_id}: {state}" + (f" ({reason})" if reason else "") + expected)
             elif state == "PENDING" and now - told_at >= STILL_PENDING_EVERY:
                 told_at = now
                 log.info(f"Slurm job {job_id} still pending ({reason or 'no reason given'}), "
-                         f"queued {(now - started) / 60:.0f} min")
+                         f"queued {(now - started) / 60:.0f} min{expected}")
             if state == "PENDING":
                 why = unresolvable_reason(reason)
                 if why is not None:

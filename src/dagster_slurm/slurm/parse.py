@@ -15,7 +15,9 @@ TERMINAL_STATES = frozenset(
      "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 )
 
-SQUEUE_FORMAT = "%i|%T|%r"
+# id, state, reason, start (a pending job's expected start, as Slurm's backfill estimates it; N/A if none).
+# Recordings made before the start was asked for have the first three only.
+SQUEUE_FORMAT = "%i|%T|%r|%S"
 # a job id as squeue and sacct print it: 123, an array task 123_4, or an array's pending rest 123_[5-99%8]
 JOB_ID = re.compile(r"^\d+(_\d+|_\[[0-9,%-]+\])?$")
 
@@ -127,15 +129,17 @@ class QueueEntry:
     job_id: str
     state: str
     reason: str
+    start: str = ""  # a timestamp (cluster time), or "" when squeue gave none (N/A, Unknown)
 
 
 def parse_squeue(stdout: str) -> dict[str, QueueEntry]:
-    """Lines of ``squeue -h -t all -o '%i|%T|%r'``."""
+    """Lines of ``squeue -h -t all -o '%i|%T|%r|%S'`` (or without the start)."""
     out: dict[str, QueueEntry] = {}
     for line in stdout.splitlines():
         parts = line.strip().split("|")
         if len(parts) >= 2 and parts[0]:
-            out[parts[0]] = QueueEntry(parts[0], normalise_state(parts[1]), parts[2] if len(parts) > 2 else "")
+            start = parts[3] if len(parts) > 3 and parse_timestamp(parts[3]) is not None else ""
+            out[parts[0]] = QueueEntry(parts[0], normalise_state(parts[1]), parts[2] if len(parts) > 2 else "", start)
     return out
 
 

@@ -43,6 +43,7 @@ class JobHandle:
     job_id: str
     state: str = "PENDING"
     reason: str = ""
+    start: str = ""  # while pending: when Slurm expects it to start (cluster time), if it says
     final: JobAccounting | None = None
     error: Exception | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -220,8 +221,8 @@ class JobWatcher(HandleSet):
         finishing: list[JobHandle] = []
         for h in active:
             entry = queue.get(h.job_id) or _array_entry(queue, h.job_id)
-            if entry is not None and (entry.state, entry.reason) != (h.state, h.reason):
-                h.state, h.reason, changed = entry.state, entry.reason, True
+            if entry is not None and (entry.state, entry.reason, entry.start) != (h.state, h.reason, h.start):
+                h.state, h.reason, h.start, changed = entry.state, entry.reason, entry.start, True
             if entry is None or entry.state in TERMINAL_STATES:
                 finishing.append(h)
         if finishing:
