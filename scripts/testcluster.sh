@@ -9,13 +9,14 @@
 # The second sshd (port $TESTCLUSTER_OTP_PORT) behaves like many HPC login nodes: it demands
 # the key AND a one-time code (TOTP through PAM/pam_oath); see write_otp_files.
 #
-# Usage: scripts/testcluster.sh install|start|stop|status|env|restart
+# Usage: scripts/testcluster.sh install|start|stop|status|env|packages|restart
 #
 #   install  apt-install the packages (if missing) and write users, keys and configs
 #   start    install if needed, then start every daemon that is not running (idempotent)
 #   stop     cancel all jobs, then stop the daemons by pid file (idempotent)
 #   status   exit 0 only if every daemon answers
 #   env      print `export` lines to connect to the cluster (eval "$(testcluster.sh env)")
+#   packages print the Debian packages it installs (one per line)
 #   restart  stop + start
 #
 # Environment:
@@ -52,7 +53,8 @@ MULTI_NODES=(n1 n2 n3)
 MULTI_PORT_BASE=17001
 MULTI_PARTITION=multinode
 
-PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server
+# openssh-client: the readiness probes run ssh, and forky's openssh-server no longer pulls it in.
+PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server openssh-client
     libpam-oath oathtool)
 
 SLURM_ETC=/etc/slurm
@@ -300,6 +302,38 @@ multi_node_lines() {
     done
 }
 
+# ----------------------------------------------------------------------------- what the host shows
+# Each adaptation to a Slurm release or a host is decided from what this host shows, never from a list of
+# releases.
+
+# slurmd's version as a comparable number: "slurm-wlm 24.11.5" -> 2411.
+slurm_version() { slurmd -V 2>/dev/null | awk '{split($2, v, "."); printf "%d%02d\n", v[1], v[2]}'; }
+
+# Where 127.0.0.1 is the only IPv4 address (a fresh network namespace, some sandboxes), Slurm >= 24.11's
+# getaddrinfo(AF_INET, AI_ADDRCONFIG) fails ("Address family not supported by protocol"); `getent ahostsv4`
+# makes the same call. EnableIPv6 (in slurm.conf AND slurmdbd.conf) makes Slurm ask for any family.
+communication_line() {
+    if ! getent ahostsv4 localhost >/dev/null 2>&1; then echo "CommunicationParameters=EnableIPv6"; fi
+}
+
+# cgroup.conf for MODE. Without cgroups, Slurm >= 23.11 still loads the cgroup plugin (and dies without a
+# cgroup filesystem) unless told CgroupPlugin=disabled, a value older releases refuse. On a cgroup v2 host
+# with no systemd/dbus (every test host: PID 1 is not systemd), slurmd needs IgnoreSystemd=yes.
+cgroup_conf() {
+    local mode=$1
+    echo "# Written by scripts/testcluster.sh ($mode mode)"
+    if [[ $mode == fallback ]]; then
+        (($(slurm_version) >= 2311)) && echo "CgroupPlugin=disabled"
+        return 0
+    fi
+    echo "CgroupPlugin=autodetect"
+    if [[ $(stat -fc %T /sys/fs/cgroup 2>/dev/null) == cgroup2fs ]]; then
+        echo "IgnoreSystemd=yes"
+    fi
+    echo "ConstrainCores=yes"
+    echo "ConstrainRAMSpace=yes"
+}
+
 write_slurm_conf() {
     local mode=$1 hw cpus boards sockets cores threads mem realmem defmem
     hw=$(slurmd -C | head -n 1)
@@ -323,6 +357,7 @@ write_slurm_conf() {
 # Written by scripts/testcluster.sh (dagster-slurm test cluster). Edits are overwritten.
 ClusterName=$CLUSTER_NAME
 SlurmctldHost=localhost(127.0.0.1)
+$(communication_line)
 SlurmUser=slurm
 SlurmdUser=root
 AuthType=auth/munge
@@ -373,12 +408,7 @@ $(multi_node_lines "$((defmem * 2))")
 PartitionName=$MULTI_PARTITION Nodes=n[1-${#MULTI_NODES[@]}] Default=NO MaxTime=INFINITE State=UP PreemptMode=OFF
 EOF
 
-    write_if_changed "$SLURM_ETC/cgroup.conf" 0644 root:root <<EOF && SLURM_CONF_CHANGED=1 || true
-# Written by scripts/testcluster.sh
-CgroupPlugin=autodetect
-ConstrainCores=yes
-ConstrainRAMSpace=yes
-EOF
+    cgroup_conf "$mode" | write_if_changed "$SLURM_ETC/cgroup.conf" 0644 root:root && SLURM_CONF_CHANGED=1 || true
 }
 
 write_slurmdbd_conf() {
@@ -389,6 +419,7 @@ write_slurmdbd_conf() {
     write_if_changed "$SLURM_ETC/slurmdbd.conf" 0600 slurm:slurm <<EOF && SLURMDBD_CONF_CHANGED=1 || true
 # Written by scripts/testcluster.sh
 AuthType=auth/munge
+$(communication_line)
 DbdHost=localhost
 DbdPort=6819
 SlurmUser=slurm
@@ -629,9 +660,12 @@ start_mariadbd() {
         fi
         log "starting mariadbd"
         rm -f "$MYSQL_PID"
+        # MariaDB >= 11.8 turns innodb_snapshot_isolation on, which slurmdbd (26.05 warns) does not support:
+        # a write conflict would be fatal. "loose-" makes older servers ignore the option.
         setsid /usr/sbin/mariadbd --user=mysql --skip-networking \
             --socket="$MYSQL_SOCK" --pid-file="$MYSQL_PID" --log-error="$MYSQL_LOG" \
             --innodb-buffer-pool-size=512M --innodb-lock-wait-timeout=900 \
+            --loose-innodb-snapshot-isolation=OFF \
             </dev/null >>/var/log/mysql/mariadbd.out 2>&1 9>&- &
         disown
     fi
@@ -877,8 +911,9 @@ main() {
         stop) cmd_stop ;;
         status) cmd_status ;;
         env) cmd_env ;;
+        packages) printf '%s\n' "${PACKAGES[@]}" ;;
         restart) cmd_stop; cmd_start ;;   # one lock for both halves
-        *) echo "usage: $0 install|start|stop|status|env|restart" >&2; exit 2 ;;
+        *) echo "usage: $0 install|start|stop|status|env|packages|restart" >&2; exit 2 ;;
     esac
 }
 

@@ -112,6 +112,9 @@ def payloads() -> Path:
 
 SBATCH_WRAPPER = "/usr/local/bin/sbatch"  # before /usr/bin on the cluster user's PATH (the cluster is this machine)
 SBATCH_MARKER = "/tmp/dagster-slurm-test-sbatch-answered"
+from faults import SSHD_CONNECTION  # noqa: E402
+
+SSH_CUT_MARKER = "/tmp/dagster-slurm-test-ssh-cut"  # pkill's status when the wrapper cut the connections (0: cut)
 
 
 @pytest.fixture
@@ -130,16 +133,17 @@ out=$(/usr/bin/sbatch "$@") || exit $?
 echo "$out"
 case "$(cat job.sh 2>/dev/null)" in
   *sbatch_hangs_*) exec sleep 600 ;;
-  *sbatch_cuts_*) pkill -KILL -u "$(id -un)" -x sshd; exec sleep 600 ;;
+  *sbatch_cuts_*) pkill -KILL -u "$(id -un)" -x '{SSHD_CONNECTION}'; echo $? > {SSH_CUT_MARKER}; exec sleep 600 ;;
   *sbatch_orphans_*) : > {SBATCH_MARKER}; exec sleep 600 ;;
 esac
 """
     class Wrapper:
         marker = SBATCH_MARKER
+        cut_marker = SSH_CUT_MARKER
 
         @staticmethod
         def remove() -> None:
-            for path in (SBATCH_WRAPPER, SBATCH_MARKER):
+            for path in (SBATCH_WRAPPER, SBATCH_MARKER, SSH_CUT_MARKER):
                 if os.path.exists(path):
                     os.remove(path)
 

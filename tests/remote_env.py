@@ -18,6 +18,17 @@ export PYTHONPATH={env}/lib/site${{PYTHONPATH:+:$PYTHONPATH}}
 """
 
 
+_PYTHON: dict[str, str] = {}
+
+
+def cluster_python(transport) -> str:
+    """The cluster's python3 as "3.X" (asked once): users' clusters differ (Debian 12: 3.11, 13: 3.13, forky:
+    3.14), so no test assumes one."""
+    if "v" not in _PYTHON:
+        _PYTHON["v"] = transport.run("python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'").stdout.strip()
+    return _PYTHON["v"]
+
+
 def make_pipes_env(transport, path: str) -> str:
     """Create (idempotently) an environment folder at remote ``path``; return its absolute path."""
     path = transport.absolute(path)

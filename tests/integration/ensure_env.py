@@ -10,10 +10,13 @@ from dagster_slurm.packaging.cache_key import compute_cache_key
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.packaging.uv_packer import UvPacker
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from remote_env import cluster_python  # noqa: E402
+
 if __name__ == "__main__":
     base, lock = sys.argv[1], Path(sys.argv[2])
     transport = get_transport(SSHConnectionResource.from_env().settings())
-    packer = UvPacker(lock, "linux-64", "3.11")
+    packer = UvPacker(lock, "linux-64", cluster_python(transport))
     key = compute_cache_key(lock.read_bytes(), packer.key_command(), packer.platform, [])
     result = ensure_environment(transport, RemoteLayout(base), packer, key, stale_after=1.5,
                                 log=lambda m: print(m, file=sys.stderr))

@@ -6,6 +6,7 @@ import subprocess
 import uuid
 
 import pytest
+from remote_env import cluster_python
 from uv_projects import make_uv_project
 
 from dagster_slurm.cli.main import main
@@ -23,7 +24,7 @@ def test_gc_keeps_environments_of_queued_or_running_jobs(transport, cluster_env,
     paths = []
     for six in ("1.16.0", "1.17.0"):
         lock = make_uv_project(tmp_path / six, six=six)
-        packer = UvPacker(lock, "linux-64", "3.11")
+        packer = UvPacker(lock, "linux-64", cluster_python(transport))
         key = compute_cache_key(lock.read_bytes(), packer.key_command(), packer.platform, [])
         paths.append(ensure_environment(transport, layout, packer, key, log=print).path)
     leased, idle = paths
@@ -67,7 +68,7 @@ def test_gc_deletes_nothing_when_squeue_fails(transport, cluster_env, tmp_path, 
 
     base = transport.absolute(f"dagster-slurm-tests/gc-{uuid.uuid4().hex[:8]}")
     lock = make_uv_project(tmp_path / "p", six="1.16.0")
-    packer = UvPacker(lock, "linux-64", "3.11")
+    packer = UvPacker(lock, "linux-64", cluster_python(transport))
     key = compute_cache_key(lock.read_bytes(), packer.key_command(), packer.platform, [])
     env = ensure_environment(transport, RemoteLayout(base), packer, key, log=print).path
     transport.run(f"touch {env}/.leases/999999")

@@ -90,6 +90,9 @@ def test_lost_sbatch_answer_gives_exactly_one_job(misbehaving_sbatch, slurm, pip
 
     compute = ComputeResource(mode="slurm", slurm=quick, pre_deployed_env_path=pipes_env)
     result = _materialize([lost], compute)
+    if fault == "cuts":  # the fault happened: the wrapper's pkill found the connection's processes
+        with open(misbehaving_sbatch.cut_marker) as fh:
+            assert fh.read().strip() == "0", "the sbatch wrapper cut no SSH connection"
     assert result.success, result.log_messages[-20:]
     jobs = jobs_named(transport, f"dagster-{name}")
     assert len(jobs) == 1, jobs

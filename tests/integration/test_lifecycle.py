@@ -15,6 +15,7 @@ import uuid
 import dagster as dg
 import pytest
 from cluster_jobs import jobs_named
+from faults import cut_ssh_connections
 
 pytestmark = pytest.mark.cluster
 
@@ -237,15 +238,18 @@ def test_dropped_ssh_connection_is_reopened_and_the_run_finishes(slurm, pipes_en
     transport.run("true")
     connections_before = logins()
 
+    cut = []
+
     def drop_connection():
         time.sleep(2.0)  # the job is running by now
-        subprocess.run(["pkill", "-KILL", "-u", "slurmuser", "-x", "sshd"], check=False)
+        cut.append(cut_ssh_connections("slurmuser"))
 
     killer = threading.Thread(target=drop_connection)
     killer.start()
     compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
     result = dg.materialize([sleeper], resources={"compute": compute}, raise_on_error=False)
     killer.join()
+    assert cut[0] > 0, "no SSH connection was cut: the fault did not happen"
     assert result.success, [e.step_failure_data.error.message for e in result.get_step_failure_events()]
     assert result.asset_materializations_for_node("sleeper")[0].metadata["slept"].value == 4
     assert logins() > connections_before  # it did reconnect

@@ -10,6 +10,7 @@ import uuid
 
 import dagster as dg
 import pytest
+from remote_env import cluster_python
 from uv_projects import make_uv_project
 
 from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource
@@ -83,8 +84,8 @@ def test_cold_warm_and_one_dependency_change(ssh, base, payloads, transport, tmp
     assert forced["slurm_env_cache_hit"] is False and forced["slurm_env_wheels_uploaded"] == 0
 
 
-def _packer(lock, **kw):
-    return UvPacker(lock, "linux-64", kw.pop("python_version", "3.11"), **kw)
+def _packer(lock, transport, **kw):
+    return UvPacker(lock, "linux-64", kw.pop("python_version", None) or cluster_python(transport), **kw)
 
 
 def _key(lock, packer):
@@ -109,7 +110,7 @@ def test_eight_concurrent_cold_runs_pack_once(base, transport, tmp_path, cluster
 
 def test_stale_lock_of_a_dead_process_is_broken(base, transport, tmp_path):
     lock = make_uv_project(tmp_path / "p")
-    packer = _packer(lock)
+    packer = _packer(lock, transport)
     key = _key(lock, packer)
     transport.mkdir_p(f"{base}/envs/.locks/{key}")  # left behind by a killed process
     messages = []
@@ -120,7 +121,7 @@ def test_stale_lock_of_a_dead_process_is_broken(base, transport, tmp_path):
 
 def test_killed_build_is_never_used(base, transport, tmp_path, cluster_env):
     lock = make_uv_project(tmp_path / "p")
-    packer = _packer(lock)
+    packer = _packer(lock, transport)
     key = _key(lock, packer)
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "ensure_env.py"), base, str(lock)],
                             env={**os.environ, **cluster_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -150,7 +151,7 @@ def test_corrupt_wheel_upload_is_detected_and_nothing_published(base, transport,
             transport.run(f"printf garbage >> {layout.wheels}/{wheel}")  # damaged in transit
             return figures
 
-    packer = CorruptingPacker(lock, "linux-64", "3.11")
+    packer = CorruptingPacker(lock, "linux-64", cluster_python(transport))
     key = _key(lock, packer)
     with pytest.raises(DagsterSlurmError, match="checksum mismatch"):
         ensure_environment(transport, RemoteLayout(base), packer, key, log=print)
@@ -164,7 +165,7 @@ def test_corrupt_wheel_upload_is_detected_and_nothing_published(base, transport,
 ])
 def test_remote_python_missing_or_wrong_version(base, transport, tmp_path, kwargs, message):
     lock = make_uv_project(tmp_path / "p")
-    packer = _packer(lock, **kwargs)
+    packer = _packer(lock, transport, **kwargs)
     with pytest.raises(DagsterSlurmError, match=message) as err:
         ensure_environment(transport, RemoteLayout(base), packer, _key(lock, packer), log=print)
     assert "remote_python" in str(err.value)

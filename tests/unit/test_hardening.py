@@ -115,7 +115,7 @@ def test_job_that_can_never_start_is_cancelled_and_names_the_setting():
     with pytest.raises(ConfigurationError, match="can never start: pending reason PartitionConfig") as err:
         wait_for_job(log, JobWatcher(transport), transport, job_id, job_timeout=None, queue_timeout=None)
     assert "resource_requirements" in str(err.value) and "cancelled" in str(err.value)
-    assert f"scancel {job_id}" in transport.commands
+    assert any(c.startswith(f"scancel {job_id};") for c in transport.commands)  # then waits until squeue drops it
     assert log.lines[0] == f"Slurm job {job_id}: PENDING (PartitionConfig)"
 
 
@@ -131,7 +131,7 @@ def test_queue_timeout_cancels_a_job_that_waits_too_long():
     transport = RecordedTransport({"squeue": pending})
     with pytest.raises(SlurmJobError, match="queue_timeout=1 s; it was cancelled"):
         wait_for_job(_Log(), JobWatcher(transport), transport, job_id, job_timeout=None, queue_timeout=1)
-    assert f"scancel {job_id}" in transport.commands
+    assert any(c.startswith(f"scancel {job_id};") for c in transport.commands)  # then waits until squeue drops it
 
 
 def test_finished_job_is_reported_at_once_when_accounting_is_down():
@@ -252,7 +252,7 @@ def test_cancel_survives_a_burst_of_termination_signals():
 
     from recorded_transport import RecordedTransport
 
-    from dagster_slurm.pipes.waiting import _cancel
+    from dagster_slurm.pipes.waiting import _cancel, cancel_command
 
     class Slow(RecordedTransport):
         def run(self, command, **kw):
@@ -289,4 +289,35 @@ def test_cancel_survives_a_burst_of_termination_signals():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert len(handled) == 5
-    assert transport.commands == ["scancel 1726; rm -f -- env.sh"]
+    assert transport.commands == [cancel_command("1726", "rm -f -- env.sh")]
+    assert transport.commands[0].startswith("scancel 1726; rm -f -- env.sh; ")
+
+
+def test_a_terminate_in_a_guarded_section_raises_nowhere_and_the_wait_cancels():
+    """SIGINT or SIGTERM while a job may exist (mid-sbatch, mid-bookkeeping) raises nothing where it lands: the
+    wait sees it, cancels the job (waiting until squeue drops it) and raises Dagster's interruption."""
+    import os
+    import signal
+
+    import dagster as dg
+    from recorded_transport import RecordedTransport
+
+    from dagster_slurm.pipes.waiting import TerminateGuard, wait_for_job
+    from dagster_slurm.slurm.watcher import JobWatcher
+
+    transport = RecordedTransport({"squeue": "77|RUNNING|None|N/A\n"})
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(dg.DagsterExecutionInterruptedError):
+        with TerminateGuard() as guard:
+            os.kill(os.getpid(), signal.SIGTERM)  # e.g. while sbatch runs: noted, not raised
+            os.kill(os.getpid(), signal.SIGINT)
+            assert guard.signum == signal.SIGTERM
+            wait_for_job(_Log(), JobWatcher(transport), transport, "77", job_timeout=None, queue_timeout=None,
+                         terminate=guard)
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    cancels = [c for c in transport.commands if c.startswith("scancel 77")]
+    assert len(cancels) == 1 and "squeue -h -j 77" in cancels[0]
+    with pytest.raises(dg.DagsterExecutionInterruptedError):  # before any sbatch: the step just ends
+        with TerminateGuard() as guard:
+            os.kill(os.getpid(), signal.SIGINT)
+            guard.raise_if_requested()

@@ -36,7 +36,7 @@ from dagster_slurm.pipes.tasks import (
     finish,
     task_contexts,
 )
-from dagster_slurm.pipes.waiting import wait_for_job
+from dagster_slurm.pipes.waiting import TerminateGuard, wait_for_job
 from dagster_slurm.slurm.array import array_spec, chunk_ranges, expand_spec, spec_of_script, task_accounting
 from dagster_slurm.slurm.parse import (
     SACCT_FIELDS,
@@ -97,9 +97,14 @@ class SlurmArrayClient:
             spans = chunk_ranges(len(tasks), max_array_size)
             chunks = [_Chunk(c, span, request.folder if len(spans) == 1 else f"{request.folder}-a{c}")
                       for c, span in enumerate(spans)]
-            for chunk in chunks:
-                self._place(context, request, chunk, tasks, max_concurrent)
-            self._wait(context, chunks, tasks, reader)
+            with TerminateGuard() as terminate:  # from the first sbatch to the arrays' end: a terminate cancels
+                for chunk in chunks:
+                    if terminate.requested:
+                        break  # no further array; those submitted are cancelled by the wait
+                    self._place(context, request, chunk, tasks, max_concurrent)
+                if not any(c.job_id for c in chunks):
+                    terminate.raise_if_requested()
+                self._wait(context, chunks, tasks, reader, terminate)
             outcomes = self._outcomes(chunks, tasks)
             self._report(chunks, request.keep_run_dir)
             close_session(session, outcomes)
@@ -175,7 +180,8 @@ class SlurmArrayClient:
         self.transport.write_many(batch)
 
     # -- waiting and collecting
-    def _wait(self, context, chunks: list[_Chunk], tasks: Sequence[Task], reader: TaskMessagesReader) -> None:
+    def _wait(self, context, chunks: list[_Chunk], tasks: Sequence[Task], reader: TaskMessagesReader,
+              terminate: TerminateGuard | None = None) -> None:
         live = [c for c in chunks if c.job_id]
         # the tasks' secrets (env file, contexts) go once the arrays ended; with a cancel, or below
         forget = "; ".join(f"rm -f -- {shlex.quote(c.files.run_dir)}/env.sh {shlex.quote(c.files.run_dir)}/context.*.json"
@@ -200,7 +206,7 @@ class SlurmArrayClient:
                 wait_for_job(context.log, self.watcher, self.transport, chunk.job_id,
                              job_timeout=self.job_timeout, queue_timeout=self.queue_timeout,
                              cancel_also=(f"scancel {others}; " if others else "") + forget,
-                             on_tick=collect_finished)
+                             on_tick=collect_finished, terminate=terminate)
                 collect_finished()
                 if self._ended(chunk):
                     break

@@ -41,6 +41,7 @@ from dagster_slurm.slurm.ledger import (
     parse_submit,
     state_command,
     submit_command,
+    unread_estimate,
 )
 from dagster_slurm.slurm.parse import is_transient_sbatch_error, submit_limit_hint
 from dagster_slurm.slurm.script import attempt_from_script
@@ -226,6 +227,10 @@ class StepCallLedger:
             else:
                 job_id = parse_submit(result.stdout)
                 placement.estimate = placement.estimate or parse_estimate(result.stdout)
+                unread = unread_estimate(result.stdout)
+                if unread:
+                    self._warn(f"Could not read sbatch --test-only's start estimate (please report it to "
+                              f"dagster-slurm with your Slurm version): {unread[:300]}")
                 if job_id is not None:
                     if result.exit_status != 0:  # submitted, but the ledger line or lease was not written
                         self._append({**attempt.record(), "job_id": job_id})

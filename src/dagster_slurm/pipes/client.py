@@ -15,7 +15,7 @@ from dagster_slurm.pipes.attempts import Placement, StepCallLedger
 from dagster_slurm.pipes.context import SlurmContextInjector
 from dagster_slurm.pipes.failure import exception_line, exit_text, stderr_metadata
 from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
-from dagster_slurm.pipes.waiting import wait_for_job
+from dagster_slurm.pipes.waiting import TerminateGuard, wait_for_job
 from dagster_slurm.slurm.parse import JobAccounting, parse_timestamp, significant
 from dagster_slurm.slurm.script import (
     ACTIVATION_FAILED,
@@ -76,20 +76,31 @@ def env_file_text(env: Mapping[str, str]) -> str:
     return "".join(f"export {key}={shlex.quote(str(value))}\n" for key, value in env.items())
 
 
+# Slurm's start estimate behind a job without a time limit lies centuries ahead (26.05 gave year 6110):
+# no estimate at all, said as such.
+NO_ESTIMATE_BEYOND = 366 * 24 * 3600
+
+
 def start_estimate_text(job_id: str, estimate: tuple[str, str, str, str]) -> str:
     now, start, nodes, partition = estimate
     wait = _seconds_between(now, start)
+    if wait is not None and wait > NO_ESTIMATE_BEYOND:
+        return (f"Slurm cannot say when job {job_id} will start on {nodes} in partition {partition}: its estimate "
+                f"({start}) lies beyond any time limit, so a job it waits for has none (sbatch --test-only).")
     return (f"Slurm expects job {job_id} to start at {start} (cluster time)"
             + (f", in about {wait} s," if wait is not None and wait > 0 else ",")
             + f" on {nodes} in partition {partition} (sbatch --test-only).")
 
 
 def estimate_metadata(estimate: tuple[str, str, str, str] | None) -> dict[str, Any]:
-    """The expected start (sbatch --test-only, just before submitting) as metadata."""
+    """The expected start (sbatch --test-only, just before submitting) as metadata; none when Slurm has no
+    meaningful one."""
     if not estimate:
         return {}
     now, start, _nodes, _partition = estimate
     wait = _seconds_between(now, start)
+    if wait is not None and wait > NO_ESTIMATE_BEYOND:
+        return {}
     return {"slurm_expected_start": start,
             **({"slurm_expected_wait_seconds": max(wait, 0)} if wait is not None else {})}
 
@@ -183,23 +194,25 @@ class SlurmPipesClient(PipesClient):
             context=context, context_injector=injector, message_reader=reader, extras=extras
         ) as session:
             job_id = placement.attempt.job_id
-            if job_id is None:
-                if request.requeue_on:
-                    self.transport.mkdir_p(request.checkpoint_dir)
-                self._stage(request, placement, {**request.env, **session.get_bootstrap_env_vars()},
-                            injector.pending)
-                job_id = ledger.submit(placement, request.lease_dir, self._describe(request))
-                placement.attempt.job_id = job_id
-                context.log.info(f"Submitted Slurm job {job_id} ({placement.attempt.job_name}); "
-                                 f"run folder {files.run_dir}")
-                if placement.estimate:
-                    context.log.info(start_estimate_text(job_id, placement.estimate))
             # the job's secrets go once it is over (a queued job still sources them): with a cancel, or below
             forget_secrets = "rm -f -- " + " ".join(shlex.quote(files.path(n)) for n in ("env.sh", CONTEXT_FILE))
-            reader.start()
-            acct = wait_for_job(context.log, self.watcher, self.transport, job_id, job_timeout=self.job_timeout,
-                                queue_timeout=self.queue_timeout, cancel_also=forget_secrets,
-                                exit_file=files.exit_code, on_exit=reader.wake)
+            with TerminateGuard() as terminate:  # from staging to the job's end: a terminate cancels it
+                if job_id is None:
+                    if request.requeue_on:
+                        self.transport.mkdir_p(request.checkpoint_dir)
+                    self._stage(request, placement, {**request.env, **session.get_bootstrap_env_vars()},
+                                injector.pending)
+                    terminate.raise_if_requested()  # nothing submitted yet
+                    job_id = ledger.submit(placement, request.lease_dir, self._describe(request))
+                    placement.attempt.job_id = job_id
+                    context.log.info(f"Submitted Slurm job {job_id} ({placement.attempt.job_name}); "
+                                     f"run folder {files.run_dir}")
+                    if placement.estimate:
+                        context.log.info(start_estimate_text(job_id, placement.estimate))
+                reader.start()
+                acct = wait_for_job(context.log, self.watcher, self.transport, job_id, job_timeout=self.job_timeout,
+                                    queue_timeout=self.queue_timeout, cancel_also=forget_secrets,
+                                    exit_file=files.exit_code, on_exit=reader.wake, terminate=terminate)
             folder_gone = False
             try:  # the job has ended: from here on its secrets go, whatever happens
                 reader.drain()

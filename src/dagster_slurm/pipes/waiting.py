@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 
 import dagster as dg
 
@@ -16,6 +18,45 @@ from dagster_slurm.transport.base import Transport
 STILL_PENDING_EVERY = 300.0  # seconds between "still pending" lines while a job waits in the queue
 
 
+class TerminateGuard:
+    """While a job of this step may exist (from the moment it may be submitted until it ended), a terminate
+    (Dagster's SIGINT, a forwarded one, SIGTERM of the step process) is noted instead of raised wherever the
+    main thread happens to be: an exception in the middle of sbatch, of the ledger's bookkeeping or of a log
+    call would leave the job running. :func:`wait_for_job` acts on it at once: it cancels the job, waits until
+    squeue no longer shows it and raises Dagster's interruption. Outside the main thread (where no handler can
+    be set) interrupts arrive as before and the wait's own ``except`` cancels."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> TerminateGuard:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = self.signum or signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._old.clear()
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def raise_if_requested(self) -> None:
+        """Before anything was submitted: a terminate simply ends the step."""
+        if self.requested:
+            raise dg.DagsterExecutionInterruptedError()
+
+
 class JobLeftQueued(SlurmJobError):
     """job_timeout expired; the job was left queued or running (a re-execution reattaches to it)."""
 
@@ -25,6 +66,7 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
                  cancel_also: str = "", exit_file: str | None = None,
                  on_exit: Callable[[], None] | None = None,
                  on_tick: Callable[[], None] | None = None,
+                 terminate: TerminateGuard | None = None,
                  clock: Callable[[], float] = time.monotonic) -> JobAccounting:
     """Block until ``job_id`` ends and return its accounting.
 
@@ -34,7 +76,8 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
     cancels the job (also on terminate), the shell command ``cancel_also`` runs in the same remote
     command as ``scancel`` (e.g. removing the job's secrets). ``exit_file``: the file the job script
     writes last, watched on the cluster; ``on_exit`` is called as soon as it appears. ``on_tick`` is
-    called about twice a second while the job is queued or running (e.g. to collect finished array tasks)."""
+    called about twice a second while the job is queued or running (e.g. to collect finished array tasks).
+    ``terminate``: the step's guard; a terminate it noted (also one before this call) cancels the job."""
     handle = watcher.watch(job_id, exit_file=exit_file)
     if on_exit is not None:
         handle.when_exited(on_exit)
@@ -42,7 +85,11 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
     seen: tuple[str, str, bool] = ("", "", False)
     told_at = started
     try:
-        while not handle.wait(0.5):
+        while terminate is None or not terminate.requested:
+            if handle.wait(0.5):
+                break
+            if terminate is not None and terminate.requested:
+                break
             if on_tick is not None:
                 on_tick()
             now = clock()
@@ -75,9 +122,11 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
                     f"Slurm job {job_id} did not finish within SlurmResource.job_timeout={job_timeout:g} s "
                     f"(last state {state}). It was left running; a re-execution of the step reattaches to "
                     f"it, or cancel it with `scancel {job_id}`.", job_id, state, "", "")
+        if terminate is not None and terminate.requested:
+            raise dg.DagsterExecutionInterruptedError()
     except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
-        log.warning(f"Run terminated: cancelling Slurm job {job_id} (scancel).")
         _cancel(transport, job_id, cancel_also)
+        log.warning(f"Run terminated: Slurm job {job_id} was cancelled (scancel).")
         raise
     finally:
         watcher.forget(job_id)
@@ -87,16 +136,28 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
     return handle.final
 
 
-def _cancel(transport: Transport, job_id: str, also: str, bound: float = 60.0) -> None:
-    """scancel (and ``also``) in one remote command, run on a thread of its own: the termination
-    signals Dagster keeps sending to this process's main thread (the run's SIGINT, then the executor's
-    forwarded one) can interrupt the waiting here, never the cancel itself."""
-    command = f"scancel {job_id}" + (f"; {also}" if also else "")
+# After scancel, how long the cancel waits for squeue to drop the job (its processes killed, KillWait).
+GONE_WITHIN = 45
+
+
+def cancel_command(job_id: str, also: str = "") -> str:
+    """scancel, ``also``, then wait (bounded) until squeue no longer shows the job: once a terminate returns,
+    nothing of the job runs any more."""
+    return (f"scancel {job_id}" + (f"; {also}" if also else "")
+            + f"; i=0; while [ $i -lt {GONE_WITHIN * 4} ] && squeue -h -j {job_id} -o %T 2>/dev/null | grep -q .; "
+            "do sleep 0.25; i=$((i+1)); done")
+
+
+def _cancel(transport: Transport, job_id: str, also: str, bound: float = GONE_WITHIN + 30.0) -> None:
+    """:func:`cancel_command` in one remote command, run on a thread of its own: termination signals that
+    still reach this process's main thread (outside a :class:`TerminateGuard`) can interrupt the waiting
+    here, never the cancel itself."""
+    command = cancel_command(job_id, also)
     done = threading.Event()
 
     def work() -> None:
         try:
-            transport.run(command, check=False, timeout=30, retry=True)
+            transport.run(command, check=False, timeout=GONE_WITHIN + 15, retry=True)
         except Exception:  # noqa: BLE001 - the wait's own error says what happened to the job
             pass
         finally:

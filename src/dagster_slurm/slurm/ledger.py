@@ -155,16 +155,31 @@ def parse_submit(stdout: str) -> str | None:
     return None
 
 
+# sbatch --test-only's answer, as each release words it (stderr, recorded in tests/data/slurm/releases/):
+#   22.05, 24.11: "sbatch: Job 2420 to start at 2026-12-04T18:45:54 using 1 processors on nodes vm in partition debug"
+#   26.05:        "sbatch: Job 253 to start at 2026-12-06T13:45:51 a using 1 processors on nodes forky in partition debug"
+# (26.05 puts a stray word before "using"; behind a job without a time limit the year is far away, e.g. 6110).
+_ESTIMATE = re.compile(r"to start at (\S+)(?:\s+\S+)*?\s+using \d+ processors on nodes (\S+) in partition (\S+)")
+
+
 def parse_estimate(stdout: str) -> tuple[str, str, str, str] | None:
-    """(cluster time when asked, expected start, nodes, partition) from the submit command's estimate line,
-    which holds ``sbatch: Job N to start at 2026-12-04T18:45:54 using 1 processors on nodes vm in partition
-    debug`` (sbatch --test-only, recorded)."""
+    """(cluster time when asked, expected start, nodes, partition) from the submit command's estimate line
+    (sbatch --test-only's answer, see _ESTIMATE)."""
     for line in stdout.splitlines():
         if line.startswith(ESTIMATE):
             now, _, text = line[len(ESTIMATE):].partition("|")
-            m = re.search(r"to start at (\S+) using \d+ processors on nodes (\S+) in partition (\S+)", text)
+            m = _ESTIMATE.search(text)
             if m:
                 return now, m.group(1), m.group(2), m.group(3)
+    return None
+
+
+def unread_estimate(stdout: str) -> str | None:
+    """sbatch --test-only's answer when the submit command got one that :func:`parse_estimate` cannot read
+    (a Slurm release wording it anew): said in a warning rather than dropped without a word."""
+    for line in stdout.splitlines():
+        if line.startswith(ESTIMATE) and parse_estimate(line) is None:
+            return line[len(ESTIMATE):].partition("|")[2].strip()
     return None
 
 
