@@ -3,6 +3,7 @@
 #
 # Usage: scripts/slurm-matrix.sh [22.05|24.11|26.05|all] [-- PYTEST ARGS]   (default: all)
 #        scripts/slurm-matrix.sh build [RELEASE|all]      only build/refresh the cached chroots
+#        scripts/slurm-matrix.sh run RELEASE -- CMD...    CMD (as root, in the project) beside RELEASE's cluster
 #
 # For each release asked for:
 #   1. a Debian chroot of the release that carries it (bookworm 22.05, trixie 24.11, forky 26.05), made
@@ -194,12 +195,17 @@ inner() {
 }
 
 # run_release RELEASE PYTEST-ARGS...: the integration tests in RELEASE's chroot; prints "passed failed".
+# With RUN_COMMAND=1, the arguments are a command run (in /work/project, as root) instead of pytest.
 run_release() {
     local release=$1; shift
-    local codename root rlog
+    local codename root rlog rc=0
     codename=$(codename_of "$release")
     root=$CACHE/$codename
     rlog=$LOGS/test-$release.log
+    [[ ${RUN_COMMAND:-0} == 1 ]] && rlog=$LOGS/run-$release.log
+    # one cluster per chroot at a time (its database, spool and keys live in it)
+    exec 8>"$root/.matrix-lock"
+    flock -w 3600 8 || die "$release: another matrix run holds $root"
     rm -f "$root/var/lib/dagster-slurm-testcluster/cgroup_mode"  # decided anew from what this host offers
     # PyPI through a CONNECT proxy on a unix socket (scripts/pypi_proxy.py): the one way out of the namespace.
     local sock_dir=$root/var/lib/dagster-slurm-matrix proxy_pid
@@ -212,18 +218,20 @@ run_release() {
     inner_cmd='set -e; cd /work/project
         python3 scripts/pypi_proxy.py forward 3128 /var/lib/dagster-slurm-matrix/pypi.sock &
         scripts/testcluster.sh start
+        if [ "${RUN_COMMAND:-0}" = 1 ]; then exec "$@"; fi
         /opt/dagster-slurm-venv/bin/python -m pytest -q -p no:cacheprovider "$@"'
     (
         cgroup_enter "dagster-slurm-matrix-$codename"
         exec unshare --net --pid --mount --uts --ipc --cgroup --fork --kill-child \
             "$PROJECT/scripts/slurm-matrix.sh" __inner "$root" "slurm-$codename" -- \
             env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-                CI=true UV_PROJECT_ENVIRONMENT=/opt/dagster-slurm-venv \
+                CI=true UV_PROJECT_ENVIRONMENT=/opt/dagster-slurm-venv RUN_COMMAND="${RUN_COMMAND:-0}" \
                 HTTPS_PROXY=http://127.0.0.1:3128 https_proxy=http://127.0.0.1:3128 NO_PROXY=127.0.0.1,localhost \
                 SSL_CERT_FILE=/etc/ssl/host-ca.crt PIP_CERT=/etc/ssl/host-ca.crt \
                 /bin/bash -c "$inner_cmd" pytest "$@"
-    ) >"$rlog" 2>&1 || true
+    ) >"$rlog" 2>&1 || rc=$?
     kill "$proxy_pid" 2>/dev/null || true
+    if [[ ${RUN_COMMAND:-0} == 1 ]]; then cat "$rlog"; return "${rc:-0}"; fi
     # pytest's last line: "N failed, M passed, K errors in ..." (any order).
     local summary passed failed errors
     summary=$(grep -E '(passed|failed|error)' "$rlog" | grep -E ' in [0-9.]+s' | tail -n 1)
@@ -239,6 +247,12 @@ main() {
     if [[ ${1:-} == __inner ]]; then shift; inner "$@"; return; fi
     local do_build_only=0
     if [[ ${1:-} == build ]]; then do_build_only=1; shift; fi
+    if [[ ${1:-} == run ]]; then  # run RELEASE -- CMD...: CMD beside the release's running test cluster
+        local release=${2:?usage: $0 run RELEASE -- CMD...}; shift 2; [[ ${1:-} == -- ]] && shift
+        build "$release"; venv "$release"
+        RUN_COMMAND=1 run_release "$release" "$@"
+        return
+    fi
     local want=${1:-all}; [[ $# -gt 0 ]] && shift
     [[ ${1:-} == -- ]] && shift
     local releases=()

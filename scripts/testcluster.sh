@@ -52,6 +52,10 @@ NODE_NAME="$(hostname -s)"
 MULTI_NODES=(n1 n2 n3)
 MULTI_PORT_BASE=17001
 MULTI_PARTITION=multinode
+# GPUs as a count-only GRES (no device files: this machine has no GPU), so that --gpus-per-node is scheduled
+# and accounted (AllocTRES gres/gpu) as on a GPU cluster.
+NODE_GPUS=2
+MULTI_GPUS=1
 
 # openssh-client: the readiness probes run ssh, and forky's openssh-server no longer pulls it in.
 PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server openssh-client
@@ -298,7 +302,7 @@ cgroup_mode() {
 multi_node_lines() {
     local i
     for i in "${!MULTI_NODES[@]}"; do
-        echo "NodeName=${MULTI_NODES[$i]} NodeHostname=$NODE_NAME NodeAddr=127.0.0.$((i + 2)) Port=$((MULTI_PORT_BASE + i)) CPUs=1 RealMemory=$1 State=UNKNOWN"
+        echo "NodeName=${MULTI_NODES[$i]} NodeHostname=$NODE_NAME NodeAddr=127.0.0.$((i + 2)) Port=$((MULTI_PORT_BASE + i)) CPUs=1 RealMemory=$1 Gres=gpu:$MULTI_GPUS State=UNKNOWN"
     done
 }
 
@@ -395,8 +399,10 @@ JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=2
 $gather_params
 JobCompType=jobcomp/none
+GresTypes=gpu
+AccountingStorageTRES=gres/gpu
 
-NodeName=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1} RealMemory=$realmem State=UNKNOWN
+NodeName=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1} RealMemory=$realmem Gres=gpu:$NODE_GPUS State=UNKNOWN
 PartitionName=debug Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP PreemptMode=OFF
 PartitionName=batch Nodes=$NODE_NAME Default=NO MaxTime=INFINITE State=UP PreemptMode=OFF
 # Preemption, for real PREEMPTED jobs: a job in highprio cancels lowprio jobs on the node it needs;
@@ -409,6 +415,12 @@ PartitionName=$MULTI_PARTITION Nodes=n[1-${#MULTI_NODES[@]}] Default=NO MaxTime=
 EOF
 
     cgroup_conf "$mode" | write_if_changed "$SLURM_ETC/cgroup.conf" 0644 root:root && SLURM_CONF_CHANGED=1 || true
+    {
+        echo "# Written by scripts/testcluster.sh: GPUs as a count (no File=: no device to bind)"
+        echo "NodeName=$NODE_NAME Name=gpu Count=$NODE_GPUS"
+        local node
+        for node in "${MULTI_NODES[@]}"; do echo "NodeName=$node Name=gpu Count=$MULTI_GPUS"; done
+    } | write_if_changed "$SLURM_ETC/gres.conf" 0644 root:root && SLURM_CONF_CHANGED=1 || true
 }
 
 write_slurmdbd_conf() {

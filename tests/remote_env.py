@@ -50,11 +50,13 @@ TORCH_WHEELS = "/opt/wheels"  # this kind of machine keeps a CPU build of torch 
 
 def make_torch_env(transport, path: str) -> str:
     """A pre-deployed environment with torch (CPU) and dagster-pipes: a venv built once on the cluster from
-    the local torch wheel (its dependencies come from PyPI)."""
-    wheels = sorted(name for name in os.listdir(TORCH_WHEELS) if name.startswith("torch-") and "+cpu-cp311" in name) \
+    the local torch wheel for the cluster's Python (its dependencies come from PyPI)."""
+    tag = "cp" + cluster_python(transport).replace(".", "")
+    wheels = sorted(name for name in os.listdir(TORCH_WHEELS) if name.startswith("torch-") and f"+cpu-{tag}" in name) \
         if os.path.isdir(TORCH_WHEELS) else []
     if not wheels:
-        raise RuntimeError(f"no CPU torch wheel for Python 3.11 in {TORCH_WHEELS}: the torchrun test needs one")
+        raise RuntimeError(f"no CPU torch wheel for the cluster's Python ({tag}) in {TORCH_WHEELS}: the torchrun "
+                           "test needs one")
     return make_venv_env(transport, path, [f"{TORCH_WHEELS}/{wheels[-1]}"])
 
 

@@ -289,3 +289,16 @@ def test_resource_teardown_closes_the_connection(slurm, pipes_env, payloads, sha
     assert _materialize(_asset(payloads / "trivial.py"), compute).success  # the next run reconnects
     if share == "direct":
         assert transport.stats.connections >= before + 1
+
+
+def test_gpus_asked_for_are_scheduled_and_reported_from_sacct(slurm, pipes_env, payloads):
+    """The test cluster declares GPUs as a GRES; --gpus-per-node is scheduled and sacct's AllocTRES gives the
+    count the materialization carries."""
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
+    result = _materialize(_asset(payloads / "report.py", extras={"foo": 1},
+                                 resource_requirements={"gpus_per_node": 2}), compute)
+    assert result.success, result.log_messages[-10:]
+    meta = result.asset_materializations_for_node("reporter")[0].metadata
+    assert meta["slurm_gpus"].value == 2
+    plain = _materialize(_asset(payloads / "report.py", extras={"foo": 1}), compute)
+    assert "slurm_gpus" not in plain.asset_materializations_for_node("reporter")[0].metadata

@@ -23,6 +23,7 @@ import pytest
 
 from dagster_slurm.errors import DagsterSlurmError
 from dagster_slurm.slurm.parse import (
+    GPU_FIELDS,
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     TERMINAL_STATES,
@@ -70,8 +71,9 @@ def test_sacct_recordings_name_their_fields(name):
 
 
 def test_recordings_with_todays_fields_exist():
-    assert {"sacct_waited.txt", "sacct_array_throttled.txt", "sacct_multinode_just_ended.txt"} <= {p.name for p in DATA.glob("sacct_*.txt")
-                                                            if fields_of(p.name) == SACCT_FIELDS}
+    before_gpus = SACCT_FIELDS.rsplit(",", len(GPU_FIELDS))[0]  # recorded before the GPU fields were added
+    assert {"sacct_waited.txt", "sacct_array_throttled.txt", "sacct_multinode_just_ended.txt"} <= {
+        p.name for p in DATA.glob("sacct_*.txt") if fields_of(p.name) in (SACCT_FIELDS, before_gpus)}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("squeue_*")))
@@ -533,3 +535,23 @@ def test_partition_missing_right_after_the_end_falls_back_to_the_request():
     assert acct.metadata({"partition": "batch"})["slurm_partition"] == "batch"
     assert "slurm_partition" not in acct.metadata()  # asked for none (the cluster default): left out, not ""
     assert sacct("sacct_completed.txt")["15"].metadata({"partition": "batch"})["slurm_partition"] == "debug"
+
+
+def test_gpus_from_alloc_tres_and_their_use_where_recorded():
+    from dagster_slurm.slurm.parse import tres_value
+
+    assert tres_value("billing=2,cpu=2,gres/gpu=2,mem=256M,node=1", "gres/gpu") == 2
+    assert tres_value("cpu=1,gres/gpu:a100=1,gres/gpu:v100=2", "gres/gpu") == 3  # typed only: their sum
+    assert tres_value("cpu=1,gres/gpu=3,gres/gpu:a100=3", "gres/gpu") == 3  # the untyped total wins
+    assert tres_value("billing=1,cpu=1,mem=256M,node=1", "gres/gpu") is None
+    head = "JobID,State,ExitCode,Elapsed,ElapsedRaw,TotalCPU,MaxRSS,NCPUS,NNodes,Partition,NodeList,Submit,Start,ReqMem,TimelimitRaw"
+    rows = ("9|COMPLETED|0:0|00:00:10|10|00:00:05||1|1|debug|vm|2026-12-04T17:42:46|2026-12-04T17:42:47|256M|5|"
+            "billing=1,cpu=1,gres/gpu=2,mem=256M,node=1|\n"
+            "9.batch|COMPLETED|0:0|00:00:10|10|00:00:05|1024K|1|1||vm|2026-12-04T17:42:47|2026-12-04T17:42:47|||"
+            "cpu=1,mem=1M,node=1|cpu=00:00:05,gres/gpuutil=37,mem=1M\n")
+    assert head + "," + ",".join(GPU_FIELDS) == SACCT_FIELDS
+    acct = parse_sacct(rows)["9"]
+    assert (acct.gpus, acct.gpu_util_percent) == (2, 37.0)
+    meta = acct.metadata()
+    assert (meta["slurm_gpus"], meta["slurm_gpu_utilization_percent"]) == (2, 37.0)
+    assert "slurm_gpus" not in parse_sacct(rows.replace("gres/gpu=2,", ""))["9"].metadata()

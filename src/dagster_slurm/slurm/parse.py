@@ -27,8 +27,9 @@ def only_unknown_job_ids(errors: list[str]) -> bool:
     return bool(errors) and all("Invalid job id specified" in e for e in errors)
 # what one sacct call per job end asks for (job lines and step lines); recordings made before Submit..TimelimitRaw
 # were added carry the shorter list in their header and are parsed with it (``parse_sacct(fields=...)``)
+GPU_FIELDS = ("AllocTRES", "TRESUsageInAve")  # GPUs allocated (gres/gpu) and, where gathered, their use (gres/gpuutil)
 SACCT_FIELDS = ("JobID,State,ExitCode,Elapsed,ElapsedRaw,TotalCPU,MaxRSS,NCPUS,NNodes,Partition,NodeList,"
-                "Submit,Start,ReqMem,TimelimitRaw")
+                "Submit,Start,ReqMem,TimelimitRaw," + ",".join(GPU_FIELDS))
 
 
 def config_value(scontrol_config: str, key: str) -> str | None:
@@ -161,6 +162,8 @@ class JobAccounting:
     queue_wait_seconds: int | None = None  # Submit -> Start; None while pending or when never started
     requested_mem_bytes: int | None = None  # for the whole job (a per-CPU request times the CPUs)
     time_limit_seconds: int | None = None  # None: no limit (UNLIMITED) or not recorded
+    gpus: int | None = None  # GPUs allocated (AllocTRES gres/gpu); None: none, or the cluster does not account them
+    gpu_util_percent: float | None = None  # mean GPU use of the busiest step (TRESUsageInAve gres/gpuutil), if recorded
     accounted: bool = True  # False: state from squeue, no metrics (why: ``unaccounted_why``)
     unaccounted_why: str = "sacct failed"
 
@@ -212,6 +215,10 @@ class JobAccounting:
         if partition:
             meta["slurm_partition"] = partition
         meta["slurm_nodes"] = self.nodelist
+        if self.gpus:
+            meta["slurm_gpus"] = self.gpus
+        if self.gpu_util_percent is not None:
+            meta["slurm_gpu_utilization_percent"] = round(self.gpu_util_percent, 1)
         return meta
 
 
@@ -309,18 +316,44 @@ def hostlist_size(text: str) -> int:
     return count
 
 
+def tres_value(tres: str, name: str) -> float | None:
+    """One entry of a TRES list (``billing=2,cpu=2,gres/gpu=2,mem=256M,node=1``) as a number; typed GPUs
+    (``gres/gpu:a100=2``) count towards ``gres/gpu`` when no untyped entry is given. Sizes (``256M``) are not
+    asked for here. Slurm puts the untyped total first from 21.08 on (22.05, 24.11 and 26.05 alike)."""
+    total = None
+    typed = 0.0
+    for item in (tres or "").split(","):
+        key, _, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if key == name:
+            total = number
+        elif key.startswith(name + ":"):
+            typed += number
+    return total if total is not None else (typed or None)
+
+
 def parse_sacct(stdout: str, fields: str = SACCT_FIELDS) -> dict[str, JobAccounting]:
     """``sacct -P -n -o <fields>`` (job lines and step lines) -> one record per job."""
     names = fields.split(",")
-    rows = [dict(zip(names, line.split("|"), strict=True)) for line in stdout.splitlines() if line.count("|") == len(names) - 1]
+    # rows of all the fields asked for; also rows without the trailing GPU fields (recordings made before they were
+    # asked for: sacct itself always answers with every field asked, or fails)
+    counts = {len(names)} | ({len(names) - len(GPU_FIELDS)} if names[-len(GPU_FIELDS):] == list(GPU_FIELDS) else set())
+    rows = [dict(zip(names, line.split("|"), strict=False)) for line in stdout.splitlines() if line.count("|") + 1 in counts]
     jobs: dict[str, JobAccounting] = {}
     max_rss: dict[str, int] = {}
+    gpu_util: dict[str, float] = {}
     widest: dict[str, tuple[int, str]] = {}  # per job: the node list of its row (job or step) with most nodes
     for row in rows:
         job_id, _, step = row["JobID"].partition(".")
         rss = parse_size(row["MaxRSS"])
         if rss is not None:
             max_rss[job_id] = max(max_rss.get(job_id, 0), rss)
+        util = tres_value(row.get("TRESUsageInAve", ""), "gres/gpuutil")  # only where a GPU plugin gathers it
+        if util is not None:
+            gpu_util[job_id] = max(gpu_util.get(job_id, 0.0), util)
         nodes = hostlist_size(row["NodeList"])
         if row["NodeList"] and (job_id not in widest or nodes > widest[job_id][0]):  # ties: the job's own row
             widest[job_id] = (nodes, row["NodeList"])
@@ -343,11 +376,13 @@ def parse_sacct(stdout: str, fields: str = SACCT_FIELDS) -> dict[str, JobAccount
             queue_wait_seconds=int(start - submit) if submit is not None and start is not None else None,
             requested_mem_bytes=parse_requested_mem(row.get("ReqMem", ""), ncpus, nnodes),
             time_limit_seconds=int(limit) * 60 if limit.isdigit() else None,
+            gpus=int(tres_value(row.get("AllocTRES", ""), "gres/gpu") or 0) or None,
         )
     # right after a multi-node job's end its own row names only the first node for a few seconds (recorded):
     # the srun step that ran on all of them has the whole list
     return {
         job_id: JobAccounting(**{**acct.__dict__, "max_rss_bytes": max_rss.get(job_id),
-                                 "nodelist": widest.get(job_id, (0, acct.nodelist))[1]})
+                                 "nodelist": widest.get(job_id, (0, acct.nodelist))[1],
+                                 "gpu_util_percent": gpu_util.get(job_id)})
         for job_id, acct in jobs.items()
     }
