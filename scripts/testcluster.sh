@@ -52,7 +52,7 @@ NODE_NAME="$(hostname -s)"
 MULTI_NODES=(n1 n2 n3)
 MULTI_PORT_BASE=17001
 MULTI_PARTITION=multinode
-# GPUs as a count-only GRES (no device files: this machine has no GPU), so that --gpus-per-node is scheduled
+# GPUs as a GRES on stand-in device files (this machine has no GPU), so that --gpus-per-node is scheduled
 # and accounted (AllocTRES gres/gpu) as on a GPU cluster.
 NODE_GPUS=2
 MULTI_GPUS=1
@@ -415,11 +415,22 @@ PartitionName=$MULTI_PARTITION Nodes=n[1-${#MULTI_NODES[@]}] Default=NO MaxTime=
 EOF
 
     cgroup_conf "$mode" | write_if_changed "$SLURM_ETC/cgroup.conf" 0644 root:root && SLURM_CONF_CHANGED=1 || true
+    # slurmd counts a GPU per device file (a bare Count= registers 0 GPUs: the node goes INVAL, seen on 22.05).
+    # Ours are character devices with /dev/null's numbers (nothing to drive); where mknod is refused, empty
+    # files do as well (slurmd logs "not a valid character or block device" and counts them anyway).
+    local gpu_dir=$TESTCLUSTER_DIR/gpus i node
+    mkdir -p "$gpu_dir"
+    for ((i = 0; i < NODE_GPUS + ${#MULTI_NODES[@]} * MULTI_GPUS; i++)); do
+        [[ -e $gpu_dir/gpu$i ]] || mknod -m 0666 "$gpu_dir/gpu$i" c 1 3 2>/dev/null || touch "$gpu_dir/gpu$i"
+    done
     {
-        echo "# Written by scripts/testcluster.sh: GPUs as a count (no File=: no device to bind)"
-        echo "NodeName=$NODE_NAME Name=gpu Count=$NODE_GPUS"
-        local node
-        for node in "${MULTI_NODES[@]}"; do echo "NodeName=$node Name=gpu Count=$MULTI_GPUS"; done
+        echo "# Written by scripts/testcluster.sh: stand-in GPU device files (this machine has no GPU)"
+        echo "NodeName=$NODE_NAME Name=gpu File=$gpu_dir/gpu[0-$((NODE_GPUS - 1))]"
+        i=$NODE_GPUS
+        for node in "${MULTI_NODES[@]}"; do
+            echo "NodeName=$node Name=gpu File=$gpu_dir/gpu[$i-$((i + MULTI_GPUS - 1))]"
+            i=$((i + MULTI_GPUS))
+        done
     } | write_if_changed "$SLURM_ETC/gres.conf" 0644 root:root && SLURM_CONF_CHANGED=1 || true
 }
 

@@ -31,7 +31,7 @@ def _materialize(asset, compute, **kw):
 
 def test_asset_runs_as_slurm_job_with_logs_metadata_check_and_metrics(slurm, pipes_env, payloads, capfd):
     compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
-    asset = _asset(payloads / "report.py", extras={"foo": 7}, extra_env={"K": "v"}, check=True,
+    asset = _asset(payloads / "report.py", extras={"foo": 7, "busy_seconds": 3}, extra_env={"K": "v"}, check=True,
                    resource_requirements={"partition": "batch", "cpus": 2})
     result = _materialize(asset, compute)
     assert result.success
@@ -295,10 +295,10 @@ def test_gpus_asked_for_are_scheduled_and_reported_from_sacct(slurm, pipes_env, 
     """The test cluster declares GPUs as a GRES; --gpus-per-node is scheduled and sacct's AllocTRES gives the
     count the materialization carries."""
     compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=pipes_env)
-    result = _materialize(_asset(payloads / "report.py", extras={"foo": 1},
+    result = _materialize(_asset(payloads / "report.py", extras={"foo": 1}, check=True,
                                  resource_requirements={"gpus_per_node": 2}), compute)
     assert result.success, result.log_messages[-10:]
     meta = result.asset_materializations_for_node("reporter")[0].metadata
     assert meta["slurm_gpus"].value == 2
-    plain = _materialize(_asset(payloads / "report.py", extras={"foo": 1}), compute)
+    plain = _materialize(_asset(payloads / "report.py", extras={"foo": 1}, check=True), compute)
     assert "slurm_gpus" not in plain.asset_materializations_for_node("reporter")[0].metadata

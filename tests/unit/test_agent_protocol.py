@@ -115,3 +115,13 @@ def test_mixed_prompts_a_person_answers_the_rest_and_a_repeated_password_prompt_
     assert asyncio.run(answers.challenge("", "", [("Password: ", False)])) == ["pw"]
     assert asyncio.run(answers.challenge("", "", [("Password: ", False)])) is None  # asked again: refused
     assert "authentication failed" in answers.refused_message("a@h:22", "password")
+
+
+def test_an_agent_of_another_version_gives_accounting_this_one_can_read():
+    """An agent started by a newer release sends fields this one lacks (and an older one lacks new ones):
+    the wait gets what it knows instead of a watcher thread dying on a TypeError (which hung the wait)."""
+    from dagster_slurm.agent.client import accounting_from
+
+    acct = accounting_from({"job_id": "5", "state": "COMPLETED", "exit_code": "0:0", "elapsed_seconds": 3,
+                            "a_field_of_a_later_release": 1})
+    assert (acct.job_id, acct.state, acct.elapsed_seconds, acct.gpus) == ("5", "COMPLETED", 3, None)

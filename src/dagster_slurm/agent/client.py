@@ -8,6 +8,7 @@ idempotent, exactly like a dropped SSH connection (the exactly-once logic above 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import socket
@@ -286,11 +287,28 @@ class AgentWatcher(HandleSet):
                 handle = active.get(job)
                 if handle is None:
                     continue
-                self._known[job] = protocol.stamp(snap)
-                handle.state, handle.reason, handle.start = snap["state"], snap["reason"], snap.get("start", "")
-                if snap.get("exited"):
-                    handle.mark_exited(snap.get("exit_code"))
-                if snap["done"]:
-                    handle.final = JobAccounting(**snap["final"]) if snap["final"] else None
-                    handle.error = DagsterSlurmError(snap["error"]) if snap["error"] else None
+                try:
+                    self._apply(job, handle, snap)
+                except Exception as exc:  # noqa: BLE001 - a snapshot this process cannot read ends its wait, never hangs it
+                    handle.error = DagsterSlurmError(
+                        f"The connection agent's answer about Slurm job {job} could not be read ({exc!r}); the job "
+                        "itself is untouched. Stop the agent (`dagster-slurm agent stop`) if it runs another "
+                        "version of dagster-slurm, then re-execute the step: it reattaches to the job.")
                     handle.done.set()
+
+    def _apply(self, job: str, handle: JobHandle, snap: dict) -> None:
+        self._known[job] = protocol.stamp(snap)
+        handle.state, handle.reason, handle.start = snap["state"], snap["reason"], snap.get("start", "")
+        if snap.get("exited"):
+            handle.mark_exited(snap.get("exit_code"))
+        if snap["done"]:
+            handle.final = accounting_from(snap["final"]) if snap["final"] else None
+            handle.error = DagsterSlurmError(snap["error"]) if snap["error"] else None
+            handle.done.set()
+
+
+def accounting_from(fields: dict) -> JobAccounting:
+    """A JobAccounting from an agent's snapshot; fields this version does not know (an agent of a newer
+    version) are left out, missing ones take their defaults."""
+    known = {f.name for f in dataclasses.fields(JobAccounting)}
+    return JobAccounting(**{k: v for k, v in fields.items() if k in known})
