@@ -187,6 +187,8 @@ def test_terminate_cancels_the_whole_array(cluster_env, remote_base, pipes_env, 
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
+    # the terminate waited for the cancel: nothing of the array is queued once the orchestrator is gone
+    assert transport.run(f"squeue -h -j {array} -o %T || true").stdout.strip() == ""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         states = {s.split(" ")[0] for _, s in o.jobs(transport)}
@@ -195,7 +197,6 @@ def test_terminate_cancels_the_whole_array(cluster_env, remote_base, pipes_env, 
         time.sleep(0.5)
     assert states == {"CANCELLED"}, o.jobs(transport)
     assert {j.split("_")[0] for j, _ in o.jobs(transport)} == {array}
-    assert any(f"cancelling Slurm job {array}" in m for m in o.messages())
     left = transport.run(f"ls {remote_base}/runs/*/{o.asset}-*/*/env.sh {remote_base}/runs/*/{o.asset}-*/*/context.*.json "
                          "2>/dev/null || true")
     assert left.stdout.strip() == ""  # a terminated array leaves no secrets behind
