@@ -770,6 +770,17 @@ start_node() {
     done
 }
 
+# slurmd_died_on_cgroups: some slurmd is not running and its log's last lines speak of cgroups.
+slurmd_died_on_cgroups() {
+    local node
+    for node in "$NODE_NAME" "${MULTI_NODES[@]}"; do
+        if ! pid_alive "/run/slurmd-$node.pid" slurmd && tail -n 20 "$SLURM_LOG_DIR/slurmd-$node.log" 2>/dev/null | grep -qi cgroup; then
+            return 0
+        fi
+    done
+    return 1
+}
+
 stop_slurmds() {
     local node
     stop_pidfile slurmd "$LEGACY_SLURMD_PID" slurmd
@@ -787,7 +798,9 @@ start_slurm_daemons() {
         [[ $CGROUP_WANTED == auto && $(cgroup_mode) == cgroup ]] && echo cgroup >"$CGROUP_MODE_FILE"
         return 0
     fi
-    if [[ $CGROUP_WANTED == auto && $(cgroup_mode) == cgroup ]]; then
+    # Fall back only when a slurmd died on its cgroup plugins: a node that registers but is unusable (INVAL for
+    # a gres.conf it disagrees with, say) is no reason to give up cgroups, and the mode is remembered.
+    if [[ $CGROUP_WANTED == auto && $(cgroup_mode) == cgroup ]] && slurmd_died_on_cgroups; then
         log "slurmd did not come up with cgroup plugins; last lines of $SLURMD_LOG:"
         tail -n 10 "$SLURMD_LOG" >&2 || true
         log "falling back to proctrack/linuxproc + task/none + OverMemoryKill"
