@@ -27,7 +27,8 @@ CACHE=${SLURM_MATRIX_CACHE:-/var/cache/dagster-slurm-matrix}
 LOGS=${SLURM_MATRIX_LOGS:-/tmp/dagster-slurm-matrix}
 ALL_RELEASES=(22.05 24.11 26.05)
 # What the chroot holds besides the test cluster's own packages (scripts/testcluster.sh packages).
-EXTRA_PACKAGES=(python3 python3-venv ca-certificates iproute2 procps psmisc util-linux git)
+# zstd: the pixi-unpack stand-in of the tests unpacks .conda packages with it where python3 < 3.14 (as on the host).
+EXTRA_PACKAGES=(python3 python3-venv ca-certificates iproute2 procps psmisc util-linux git zstd)
 
 log() { printf 'slurm-matrix: %s\n' "$*" >&2; }
 die() { printf 'slurm-matrix: ERROR: %s\n' "$*" >&2; exit 1; }

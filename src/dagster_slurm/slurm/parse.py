@@ -92,6 +92,9 @@ _UNRESOLVABLE_REASONS = {
 }
 
 
+# A request no node can satisfy (more CPUs per node than any node has): 22.05 queues it, pending for
+# PartitionConfig (handled here); 24.11 and 26.05 refuse it at submission ("sbatch: error: CPU count per node can
+# not be satisfied"), which the submit path reports as "sbatch rejected the job" with the request.
 def unresolvable_reason(reason: str) -> str | None:
     """Why a job pending for ``reason`` can never start (which setting to change), or None."""
     return _UNRESOLVABLE_REASONS.get(reason.split(",")[0].strip())
