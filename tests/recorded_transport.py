@@ -12,6 +12,7 @@ class RecordedTransport:
         # first word of the command -> recorded stdout, or a recording {"stdout", "stderr", "exit_status"}
         self.answers = answers
         self.commands: list[str] = []
+        self.probes: dict[str, str] = {}  # as a real transport keeps them: asked once, apart from commands
         self.stats = TransportStats()
 
     def run(self, command: str, *, timeout=None, check=True, retry=False) -> CommandResult:
@@ -27,4 +28,11 @@ class RecordedTransport:
         self.run(command, check=False)
 
     def probe(self, command: str, *, check: bool = True) -> str:
-        return self.run(command, check=check).stdout
+        if command not in self.probes:
+            answer = self.answers.get(command, self.answers.get(command.split()[0], ""))
+            if isinstance(answer, dict):
+                if check and answer["exit_status"] != 0:
+                    raise RemoteCommandError(command, answer["exit_status"], answer["stderr"])
+                answer = answer["stdout"]
+            self.probes[command] = answer
+        return self.probes[command]

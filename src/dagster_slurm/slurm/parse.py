@@ -92,9 +92,11 @@ _UNRESOLVABLE_REASONS = {
 }
 
 
-# A request no node can satisfy (more CPUs per node than any node has): 22.05 queues it, pending for
-# PartitionConfig (handled here); 24.11 and 26.05 refuse it at submission ("sbatch: error: CPU count per node can
-# not be satisfied"), which the submit path reports as "sbatch rejected the job" with the request.
+# A request no node can satisfy (more CPUs per node than any node has): 22.05 and 26.05 queue it, pending for
+# PartitionConfig (handled here); 24.11 refuses it at submission ("sbatch: error: CPU count per node can not be
+# satisfied"), which the submit path reports as "sbatch rejected the job" with the request. So does 24.11 a job
+# asking for more nodes than the partition has, which 22.05 and 26.05 leave pending for PartitionNodeLimit
+# (recorded: tests/data/slurm/releases/*/squeue_pending_reasons.txt, 24.11/sbatch_refused_pend-*.json).
 def unresolvable_reason(reason: str) -> str | None:
     """Why a job pending for ``reason`` can never start (which setting to change), or None."""
     return _UNRESOLVABLE_REASONS.get(reason.split(",")[0].strip())

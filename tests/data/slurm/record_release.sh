@@ -174,6 +174,11 @@ NCPUS=$(sinfo -h -p debug -o %c | head -n 1)
 txt version "" "sbatch -V"
 txt scontrol_show_config "" "scontrol show config"
 txt sbatch_help "" "sbatch --help"
+txt squeue_help "the watcher asks squeue --only-job-state where this lists it (>= 24.05)" "squeue --help"
+STATES_ONLY=
+squeue --help 2>/dev/null | grep -q -- --only-job-state && STATES_ONLY="squeue --only-job-state -h -t all -o '%i|%T' -j"
+# states NAME NOTE IDS: the watcher's states-only query, where squeue has it
+states() { [[ -z $STATES_ONLY ]] || txt "$1" "$2" "$STATES_ONLY $3"; }
 txt sinfo "" "sinfo"
 txt sinfo_debug_nodes "the debug partition's node (the cluster's own node name) and its CPUs" "sinfo -h -p debug -o '%N|%c'"
 txt sinfo_node_state "the test cluster's readiness probe (scripts/testcluster.sh)" "sinfo -h -N -n $NODE -o '%T'"
@@ -229,6 +234,8 @@ txt squeue_running "rec-blocker ($BLOCKER) and rec-completed ($COMPLETED) runnin
 txt scontrol_show_job_running "rec-blocker, running" "scontrol show job $BLOCKER"
 json squeue_invalid_id "an id that never existed (squeue answers a purged one the same way)" "$SQ $UNKNOWN"
 json squeue_mixed_valid_invalid "a running job and an unknown id" "$SQ $BLOCKER,$UNKNOWN"
+states squeue_states_running "--only-job-state: rec-blocker ($BLOCKER) and rec-completed ($COMPLETED) running" "$BLOCKER,$COMPLETED"
+[[ -z $STATES_ONLY ]] || json squeue_states_unknown "--only-job-state: a running job and an unknown id" "$STATES_ONLY $BLOCKER,$UNKNOWN"
 json sacct_unknown_id "" "$SA $UNKNOWN"
 txt state_running "the ledger's state_command of a running job" "$(state_command "$BLOCKER")"
 txt state_unknown "the ledger's state_command of an id that never existed" "$(state_command "$UNKNOWN")"
@@ -248,6 +255,7 @@ sleep 2
 txt squeue_pending_start "rec-multinode ($MULTI, -N 3) pending behind rec-blocker ($BLOCKER) on n1" "$SQ $MULTI,$BLOCKER"
 txt squeue_pending_reasons "$P_TIME: -p short --time=5 (MaxTime=1); $P_CPUS: -c $((NCPUS + 1)) ($NCPUS-CPU node); $P_NODES: -N 2 in a 1-node partition; $P_HELD: --hold; $P_DEP: afterok on the running $BLOCKER; $P_NEVER: afterok on the failed $FAILED" "$SQ $PENDING_IDS"
 txt scontrol_show_job_pending "rec-pend-timelimit ($P_TIME)" "scontrol show job $P_TIME"
+states squeue_states_pending "--only-job-state: rec-multinode ($MULTI) pending behind rec-blocker ($BLOCKER), and the rec-pend-* jobs" "$(ids "$MULTI" "$BLOCKER" "$PENDING_IDS")"
 txt sacct_running_pending "rec-blocker running; rec-multinode and the rec-pend-* jobs pending" "$SA $BLOCKER,$MULTI,$PENDING_IDS"
 txt state_pending "the ledger's state_command of a pending job (rec-pend-held)" "$(state_command "$P_HELD")"
 
@@ -256,6 +264,7 @@ submit OOM oom -p debug "$WORK/oom.sh"
 submit ARRAY array -p debug --array=0-2%1 --time=1 --wrap 'sleep 4; [ "$SLURM_ARRAY_TASK_ID" != 1 ]'
 wait_for "$ARRAY" 60 RUNNING
 txt squeue_array_running "rec-array ($ARRAY, --array=0-2%1): one task running, the rest pending" "$SQ $ARRAY"
+states squeue_states_array "--only-job-state: rec-array ($ARRAY, --array=0-2%1): one task running, the rest pending" "$ARRAY"
 txt active_array "parse.active_jobs_script while rec-array runs, with an unknown id" "$(active_command "$ARRAY,$UNKNOWN")"
 txt active_unknown "parse.active_jobs_script of an unknown id only" "$(active_command "$UNKNOWN")"
 
@@ -283,6 +292,7 @@ txt sacct_array "rec-array: --array=0-2%1, sleep 4, task 1 exits 1" "$SA $ARRAY"
 txt sacct_batch "all the jobs above in one call, as the watcher asks" "$SA $ALL"
 txt sacct_jobs_only "rec-failed and rec-array: job rows only" "sacct -X -P -n -o JobID,State -j $FAILED,$ARRAY"
 txt squeue_terminal "every rec- job after its end, before MinJobAge" "$SQ $(ids "$ALL" "$PENDING_IDS")"
+states squeue_states_terminal "--only-job-state: every rec- job after its end, before MinJobAge" "$(ids "$ALL" "$PENDING_IDS")"
 txt scontrol_show_job_failed "rec-failed, ended" "scontrol show job $FAILED"
 txt state_completed "the ledger's state_command of an ended job (rec-completed)" "$(state_command "$COMPLETED")"
 txt state_array_ended "the ledger's state_command of the ended array" "$(state_command "$ARRAY")"
