@@ -15,24 +15,22 @@ class RecordedTransport:
         self.probes: dict[str, str] = {}  # as a real transport keeps them: asked once, apart from commands
         self.stats = TransportStats()
 
-    def run(self, command: str, *, timeout=None, check=True, retry=False) -> CommandResult:
-        self.commands.append(command)
-        answer = self.answers.get(command.split()[0], "")
+    def _answer(self, command: str, check: bool) -> CommandResult:
+        answer = self.answers.get(command, self.answers.get(command.split()[0], ""))
         if isinstance(answer, str):
             return CommandResult(command, 0, answer, "")
         if check and answer["exit_status"] != 0:  # as the SSH transport does
             raise RemoteCommandError(command, answer["exit_status"], answer["stderr"])
         return CommandResult(command, answer["exit_status"], answer["stdout"], answer["stderr"])
 
+    def run(self, command: str, *, timeout=None, check=True, retry=False) -> CommandResult:
+        self.commands.append(command)
+        return self._answer(command, check)
+
     def run_later(self, command: str) -> None:
         self.run(command, check=False)
 
     def probe(self, command: str, *, check: bool = True) -> str:
         if command not in self.probes:
-            answer = self.answers.get(command, self.answers.get(command.split()[0], ""))
-            if isinstance(answer, dict):
-                if check and answer["exit_status"] != 0:
-                    raise RemoteCommandError(command, answer["exit_status"], answer["stderr"])
-                answer = answer["stdout"]
-            self.probes[command] = answer
+            self.probes[command] = self._answer(command, check).stdout
         return self.probes[command]

@@ -166,8 +166,8 @@ def test_the_ledgers_state_and_lookup_commands(whole):
     assert parse_state(out(whole, "state_array_ended"), ids_of(whole, "state_array_ended")[0]) == "FAILED"
     assert parse_state(out(whole, "state_unknown"), ids_of(whole, "state_unknown")[0]) is None
     completed = ids_of(whole, "state_completed")[0]
+    run_dir = re.search(r"run folder (\S+)\)", header(whole, "lookup_running")[1]).group(1)
     for name in ("lookup_running", "lookup_ended"):
-        run_dir = re.search(r"run folder (\S+)\)", header(whole, "lookup_running")[1]).group(1)
         found = parse_lookup(out(whole, name), run_dir)
         assert found.job_ids == [completed] and found.now > 1.7e9 and found.newest_try_at is None
 
