@@ -123,13 +123,29 @@ take_lock() {
 
 # pid_alive PIDFILE COMM: true if the pid file names a live (non-zombie) process called COMM.
 # kill -0 is not enough: PID 1 reaps orphans only every 1-2 s, and pids can be reused.
+# A pidfile outlives its daemon (a reboot, a new PID namespace of slurm-matrix.sh), and its pid can come back
+# as another process of the same name (the first sshd holding the OTP sshd's old pid): the process counts only
+# if it started before its pidfile was written, as a daemon writes its pidfile once it runs.
 pid_alive() {
-    local pidfile=$1 comm=$2 pid state
+    local pidfile=$1 comm=$2 pid state started written
     pid=$( { tr -dc '0-9' <"$pidfile"; } 2>/dev/null) || return 1
     [[ -n $pid && -d /proc/$pid ]] || return 1
     [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]] || return 1
     state=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z && $state != X ]]
+    [[ -n $state && $state != Z && $state != X ]] || return 1
+    started=$(process_start "$pid") && written=$(stat -c %Y "$pidfile" 2>/dev/null) || return 1
+    ((started <= written + 1))
+}
+
+# process_start PID: when PID started, in seconds since the epoch (/proc/PID/stat field 22 is in clock
+# ticks since boot; the command name in field 2 may hold spaces, so fields are counted after its ')').
+process_start() {
+    local stat ticks btime
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    ticks=$(awk '{print $20}' <<<"${stat##*) }")
+    btime=$(awk '/^btime/ {print $2}' /proc/stat)
+    [[ -n $ticks && -n $btime ]] || return 1
+    echo $((btime + ticks / $(getconf CLK_TCK)))
 }
 
 # wait_for NAME LOGFILE PIDFILE COMM CMD...: poll CMD until it succeeds; fail (naming the
