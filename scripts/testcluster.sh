@@ -336,6 +336,14 @@ communication_line() {
     if ! getent ahostsv4 localhost >/dev/null 2>&1; then echo "CommunicationParameters=EnableIPv6"; fi
 }
 
+# SchedulerParameters: the job state cache where squeue can ask it (--only-job-state, Slurm >= 24.05), as sites
+# that want light polling configure it (older releases do not know it).
+scheduler_parameters() {
+    local params=batch_sched_delay=0
+    squeue --help 2>/dev/null | grep -q -- --only-job-state && params+=,enable_job_state_cache
+    echo "SchedulerParameters=$params"
+}
+
 # cgroup.conf for MODE. Without cgroups, Slurm >= 23.11 still loads the cgroup plugin (and dies without a
 # cgroup filesystem) unless told CgroupPlugin=disabled, a value older releases refuse. On a cgroup v2 host
 # with no systemd/dbus (every test host: PID 1 is not systemd), slurmd needs IgnoreSystemd=yes.
@@ -403,7 +411,7 @@ TaskPlugin=$task
 PreemptType=preempt/partition_prio
 PreemptMode=CANCEL
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
+$(scheduler_parameters)
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=$defmem

@@ -37,6 +37,19 @@ SACCT_LAG_SECONDS = 10.0
 # How long polls may fail in a row (controller or connection down) before the waits fail.
 POLL_FAILURE_BOUND = 300.0
 
+# Slurm >= 24.05: ``squeue --only-job-state`` asks slurmctld for ids and states only, a lighter RPC that
+# SchedulerParameters=enable_job_state_cache answers from a cache, without the job lock (Nextflow polls
+# with it for that reason). Where ``squeue --help`` lists it, each tick asks it. Recorded on 24.11 and 26.05
+# (tests/data/slurm/releases): the same lines for ``-o '%i|%T'`` (array tasks 123_4 and 123_[5-9] alike),
+# %r prints "None" and %S "N/A", and an unknown id gives exit 0 and no line where the full query exits 1
+# with "Invalid job id specified": both mean "not queued", read alike. A pending job's reason (one no job
+# outlives fails the wait at once) and start estimate still come from the full query, asked for the
+# pending jobs only: while their reason is not yet known, then after 1 s, doubling while nothing changes,
+# up to every PENDING_DETAIL_SECONDS (a new job reads "Priority" until the scheduler has looked at it, and
+# "Resources" a second later: the change is reported as the full query each tick would).
+STATES_ONLY = "--only-job-state"
+PENDING_DETAIL_SECONDS = 30.0
+
 
 @dataclass
 class JobHandle:
@@ -51,6 +64,8 @@ class JobHandle:
     exited: threading.Event = field(default_factory=threading.Event)
     _on_exit: list = field(default_factory=list)
     _lagging_since: float | None = None
+    _detailed_at: float | None = None  # when the full squeue query last gave its reason and start
+    _detail_every: float = 1.0  # how long after that it is asked again (doubles while nothing changes)
 
     def wait(self, timeout: float | None) -> bool:
         return self.done.wait(timeout)
@@ -140,6 +155,7 @@ class JobWatcher(HandleSet):
         self.listeners: list = []  # called (from the watcher's thread) after any change
         self._exits: ExitWatcher | None = None
         self._lagging = False
+        self._states_only: bool | None = None  # whether squeue has --only-job-state (probed once)
 
     def watch(self, job_id: str, exit_file: str | None = None) -> JobHandle:
         """Watch ``job_id``; with ``exit_file`` (the file its job script writes last) its end is
@@ -210,24 +226,54 @@ class JobWatcher(HandleSet):
     def tick(self, active: list[JobHandle]) -> bool:
         """One poll of all active jobs. Returns whether anything changed."""
         self.ticks += 1
-        ids = ",".join(h.job_id for h in active)
-        result = self._transport.run(
-            f"squeue -h -t all -o '{SQUEUE_FORMAT}' -j {ids}", check=False, retry=True, timeout=30
-        )
-        if result.exit_status != 0 and not only_unknown_job_ids(result.stderr.strip().splitlines()):
-            raise DagsterSlurmError(f"squeue failed ({result.exit_status}): {result.stderr.strip()}")
-        queue = parse_squeue(result.stdout)
+        queue, detailed = self._queue(active)
         changed = False
         finishing: list[JobHandle] = []
+        now = time.monotonic()
         for h in active:
             entry = queue.get(h.job_id) or _array_entry(queue, h.job_id)
-            if entry is not None and (entry.state, entry.reason, entry.start) != (h.state, h.reason, h.start):
-                h.state, h.reason, h.start, changed = entry.state, entry.reason, entry.start, True
+            if entry is not None:
+                if h.job_id in detailed:
+                    reason, start = entry.reason, entry.start
+                    same = h._detailed_at is not None and (reason, start) == (h.reason, h.start)
+                    h._detailed_at = now
+                    h._detail_every = min(2 * h._detail_every, PENDING_DETAIL_SECONDS) if same else 1.0
+                else:  # the states-only query: the reason and start seen last stand
+                    reason, start = (h.reason, h.start) if entry.state == "PENDING" else ("", "")
+                if (entry.state, reason, start) != (h.state, h.reason, h.start):
+                    h.state, h.reason, h.start, changed = entry.state, reason, start, True
             if entry is None or entry.state in TERMINAL_STATES:
                 finishing.append(h)
         if finishing:
             changed |= self._finalise(finishing)
         return changed
+
+    def _queue(self, active: list[JobHandle]) -> tuple[dict[str, QueueEntry], set[str]]:
+        """squeue's lines for the active jobs, and the ids whose reason and start they carry."""
+        ids = [h.job_id for h in active]
+        if self._states_only is None:
+            self._states_only = STATES_ONLY in self._transport.probe("squeue --help", check=False)
+        if not self._states_only:
+            return self._squeue(SQUEUE_FORMAT, ids), set(ids)
+        queue = self._squeue("%i|%T", ids, STATES_ONLY)
+        now = time.monotonic()
+        detail = [h.job_id for h in active
+                  if (e := queue.get(h.job_id) or _array_entry(queue, h.job_id)) is not None and e.state == "PENDING"
+                  and (h.reason in ("", "None") or h._detailed_at is None
+                       or now - h._detailed_at >= h._detail_every)]
+        if detail:
+            queue = {i: e for i, e in queue.items() if not any(belongs_to(i, d) for d in detail)}
+            queue.update(self._squeue(SQUEUE_FORMAT, detail))
+        return queue, set(detail)
+
+    def _squeue(self, fmt: str, ids: list[str], option: str = "") -> dict[str, QueueEntry]:
+        result = self._transport.run(
+            f"squeue {option + ' ' if option else ''}-h -t all -o '{fmt}' -j {','.join(ids)}",
+            check=False, retry=True, timeout=30,
+        )
+        if result.exit_status != 0 and not only_unknown_job_ids(result.stderr.strip().splitlines()):
+            raise DagsterSlurmError(f"squeue failed ({result.exit_status}): {result.stderr.strip()}")
+        return parse_squeue(result.stdout)
 
     def _finalise(self, handles: list[JobHandle]) -> bool:
         ids = ",".join(h.job_id for h in handles)
