@@ -302,3 +302,60 @@ def test_gpus_asked_for_are_scheduled_and_reported_from_sacct(slurm, pipes_env, 
     assert meta["slurm_gpus"].value == 2
     plain = _materialize(_asset(payloads / "report.py", extras={"foo": 1}, check=True), compute)
     assert "slurm_gpus" not in plain.asset_materializations_for_node("reporter")[0].metadata
+
+
+class _Recording:
+    """The real transport, with the commands run through it written down."""
+
+    def __init__(self, inner):
+        self.inner, self.commands = inner, []
+
+    def run(self, command, **kw):
+        self.commands.append(command)
+        return self.inner.run(command, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_the_watcher_polls_states_only_where_the_cluster_has_it(transport):
+    """Slurm >= 24.05 (squeue --help lists --only-job-state): each tick asks the cheap query, the pending job alone
+    the full one for its reason; older releases keep the full query. The job's life reads the same either way."""
+    from dagster_slurm.slurm.watcher import STATES_ONLY, JobHandle, JobWatcher
+
+    has = STATES_ONLY in transport.run("squeue --help").stdout
+    blocker = transport.run("sbatch --parsable -p debug -c 2 --mem=50M -t 1 --wrap 'sleep 30'").stdout.strip()
+    job = None
+    try:
+        deadline = time.monotonic() + 30
+        while transport.run(f"squeue -h -o %T -j {blocker}").stdout.strip() != "RUNNING":
+            assert time.monotonic() < deadline, "the blocking job never started"
+            time.sleep(0.2)
+        job = transport.run("sbatch --parsable -p debug -c 1 --mem=50M -t 1 --wrap 'true'").stdout.strip()
+        recording = _Recording(transport)
+        watcher, blocking, waiting = JobWatcher(recording), JobHandle(blocker), JobHandle(job)
+        deadline, ticks = time.monotonic() + 30, 0
+        while ticks < 5 or not (blocking.state == "RUNNING" and waiting.state == "PENDING"):
+            assert time.monotonic() < deadline, (blocking.state, waiting.state, waiting.reason)
+            watcher.tick([blocking, waiting])
+            ticks += 1
+            time.sleep(0.2)
+        # its reason comes once the scheduler has looked at it (up to a backfill cycle here); the INFO line
+        # that says it is test_a_queued_job_says_why_at_info_and_reports_its_wait's
+        assert waiting.reason in ("", "Resources", "Priority") and blocking.reason == ""
+        squeues = [c for c in recording.commands if c.startswith("squeue ")]
+        full = [c for c in squeues if STATES_ONLY not in c]
+        if has:
+            assert all(c.endswith(f"-j {blocker},{job}") for c in squeues if STATES_ONLY in c)
+            assert full and all(c.endswith(f"-j {job}") for c in full)  # the running job: never the full query
+            assert len(squeues) - len(full) >= len(full)  # one cheap query per tick
+        else:
+            assert full == squeues and all(c.endswith(f"-j {blocker},{job}") for c in full)
+    finally:
+        transport.run(f"scancel {blocker} {job or ''}", check=False)
+    deadline = time.monotonic() + 60
+    while not (blocking.done.is_set() and waiting.done.is_set()):
+        assert time.monotonic() < deadline, (blocking.state, waiting.state)
+        watcher.tick([h for h in (blocking, waiting) if not h.done.is_set()])
+        time.sleep(0.5)
+    assert blocking.final.state == waiting.final.state == "CANCELLED"

@@ -129,8 +129,8 @@ def test_sbatch_error_texts():
 def test_squeue_running_and_pending():
     jobs = parse_squeue(recorded("squeue_running_pending.txt"))
     assert {j: (e.state, e.reason) for j, e in jobs.items()} == {
-        "14": ("RUNNING", "None"),
-        "19": ("RUNNING", "None"),
+        "14": ("RUNNING", ""),  # %r printed None
+        "19": ("RUNNING", ""),
         "20": ("PENDING", "Resources"),
         "21": ("PENDING", "Priority"),
         "22": ("PENDING", "Dependency"),

@@ -93,7 +93,7 @@ def wait_for_job(log: dg.DagsterLogManager, watcher: JobWatcher, transport: Tran
             if on_tick is not None:
                 on_tick()
             now = clock()
-            state, reason = handle.state, handle.reason if handle.reason not in ("None", "(null)") else ""
+            state, reason = handle.state, handle.reason
             expected = f", expected to start at {handle.start}" if state == "PENDING" and handle.start else ""
             if (state, reason, bool(expected)) != seen:  # also once when Slurm first gives an estimate
                 seen, told_at = (state, reason, bool(expected)), now

@@ -134,8 +134,11 @@ def normalise_state(raw: str) -> str:
 class QueueEntry:
     job_id: str
     state: str
-    reason: str
+    reason: str  # "" when squeue gave none (%r prints None, or (null))
     start: str = ""  # a timestamp (cluster time), or "" when squeue gave none (N/A, Unknown)
+
+
+NO_REASON = ("None", "(null)")
 
 
 def parse_squeue(stdout: str) -> dict[str, QueueEntry]:
@@ -145,7 +148,8 @@ def parse_squeue(stdout: str) -> dict[str, QueueEntry]:
         parts = line.strip().split("|")
         if len(parts) >= 2 and parts[0]:
             start = parts[3] if len(parts) > 3 and parse_timestamp(parts[3]) is not None else ""
-            out[parts[0]] = QueueEntry(parts[0], normalise_state(parts[1]), parts[2] if len(parts) > 2 else "", start)
+            reason = parts[2] if len(parts) > 2 and parts[2] not in NO_REASON else ""
+            out[parts[0]] = QueueEntry(parts[0], normalise_state(parts[1]), reason, start)
     return out
 
 

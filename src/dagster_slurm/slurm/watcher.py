@@ -67,6 +67,16 @@ class JobHandle:
     _detailed_at: float | None = None  # when the full squeue query last gave its reason and start
     _detail_every: float = 1.0  # how long after that it is asked again (doubles while nothing changes)
 
+    def wants_detail(self, now: float) -> bool:
+        """Whether the states-only poll should ask the full query for this pending job's reason and start."""
+        return not self.reason or self._detailed_at is None or now - self._detailed_at >= self._detail_every
+
+    def detailed(self, reason: str, start: str, now: float) -> None:
+        """The full query answered: ask again after 1 s if its answer changed, else after twice as long."""
+        same = self._detailed_at is not None and (reason, start) == (self.reason, self.start)
+        self._detailed_at = now
+        self._detail_every = min(2 * self._detail_every, PENDING_DETAIL_SECONDS) if same else 1.0
+
     def wait(self, timeout: float | None) -> bool:
         return self.done.wait(timeout)
 
@@ -231,13 +241,11 @@ class JobWatcher(HandleSet):
         finishing: list[JobHandle] = []
         now = time.monotonic()
         for h in active:
-            entry = queue.get(h.job_id) or _array_entry(queue, h.job_id)
+            entry = _entry(queue, h.job_id)
             if entry is not None:
                 if h.job_id in detailed:
                     reason, start = entry.reason, entry.start
-                    same = h._detailed_at is not None and (reason, start) == (h.reason, h.start)
-                    h._detailed_at = now
-                    h._detail_every = min(2 * h._detail_every, PENDING_DETAIL_SECONDS) if same else 1.0
+                    h.detailed(reason, start, now)
                 else:  # the states-only query: the reason and start seen last stand
                     reason, start = (h.reason, h.start) if entry.state == "PENDING" else ("", "")
                 if (entry.state, reason, start) != (h.state, h.reason, h.start):
@@ -258,9 +266,7 @@ class JobWatcher(HandleSet):
         queue = self._squeue("%i|%T", ids, STATES_ONLY)
         now = time.monotonic()
         detail = [h.job_id for h in active
-                  if (e := queue.get(h.job_id) or _array_entry(queue, h.job_id)) is not None and e.state == "PENDING"
-                  and (h.reason in ("", "None") or h._detailed_at is None
-                       or now - h._detailed_at >= h._detail_every)]
+                  if (e := _entry(queue, h.job_id)) is not None and e.state == "PENDING" and h.wants_detail(now)]
         if detail:
             queue = {i: e for i, e in queue.items() if not any(belongs_to(i, d) for d in detail)}
             queue.update(self._squeue(SQUEUE_FORMAT, detail))
@@ -268,7 +274,7 @@ class JobWatcher(HandleSet):
 
     def _squeue(self, fmt: str, ids: list[str], option: str = "") -> dict[str, QueueEntry]:
         result = self._transport.run(
-            f"squeue {option + ' ' if option else ''}-h -t all -o '{fmt}' -j {','.join(ids)}",
+            " ".join(filter(None, ["squeue", option, f"-h -t all -o '{fmt}' -j {','.join(ids)}"])),
             check=False, retry=True, timeout=30,
         )
         if result.exit_status != 0 and not only_unknown_job_ids(result.stderr.strip().splitlines()):
@@ -320,8 +326,10 @@ class JobWatcher(HandleSet):
         return True
 
 
-def _array_entry(queue: dict[str, QueueEntry], job_id: str) -> QueueEntry | None:
-    """An array job's tasks in squeue (123_4, 123_[5-9%2]) as one entry: the state of the array."""
+def _entry(queue: dict[str, QueueEntry], job_id: str) -> QueueEntry | None:
+    """squeue's entry for ``job_id``; an array job's tasks (123_4, 123_[5-9%2]) as one: the state of the array."""
+    if job_id in queue:
+        return queue[job_id]
     tasks = [e for listed, e in queue.items() if belongs_to(listed, job_id)]
     if not tasks:
         return None
