@@ -9,7 +9,7 @@ from dagster_slurm.compute.launchers import (
     TorchrunLauncher,
 )
 from dagster_slurm.compute.resource import ComputeResource
-from dagster_slurm.config import SlurmQueueConfig, SlurmResource, SlurmRunConfig, SSHConnectionResource
+from dagster_slurm.config import SlurmAllocation, SlurmQueueConfig, SlurmResource, SlurmRunConfig, SSHConnectionResource
 from dagster_slurm.errors import (
     ConfigurationError,
     DagsterSlurmError,
@@ -28,6 +28,7 @@ __all__ = [
     "RemoteCommandError",
     "SSHConnectionError",
     "SSHConnectionResource",
+    "SlurmAllocation",
     "SlurmJobError",
     "SlurmQueueConfig",
     "SlurmResource",

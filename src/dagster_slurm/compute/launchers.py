@@ -246,3 +246,7 @@ class RayLauncher(Launcher):
             return [sys.executable if self.python == "python" else self.python, payload, *self.args]
         return ["bash", "-c", _RAY, "dagster-slurm-ray", self.ray, str(int(self.start_timeout)),
                 " ".join(shlex.quote(a) for a in self.ray_start_args), self.python, payload, *self.args]
+
+
+# launchers that start srun steps of their own across the job's nodes: not (yet) inside a shared allocation
+MULTI_NODE_LAUNCHERS = (SrunLauncher, TorchrunLauncher, RayLauncher)

@@ -18,10 +18,12 @@ from dagster_slurm.agent import hold_transport, release_transport, watcher_for
 from dagster_slurm.compute.context import AnyContext, asset_metadata, op_context
 from dagster_slurm.compute.environment import PackSettings, resolve_environment
 from dagster_slurm.compute.identity import fingerprint, step_call
-from dagster_slurm.compute.launchers import BashLauncher, Launcher
+from dagster_slurm.compute.launchers import MULTI_NODE_LAUNCHERS, BashLauncher, Launcher
 from dagster_slurm.compute.local import run_local
 from dagster_slurm.compute.local_array import run_local_tasks
 from dagster_slurm.compute.options import RunOptions, resolve_run_options
+from dagster_slurm.compute.run_steps import run_has_no_step_left
+from dagster_slurm.config.allocation import SlurmAllocation
 from dagster_slurm.config.env import check_env_names
 from dagster_slurm.config.queue import sbatch_options_from_help
 from dagster_slurm.config.run import SlurmRunConfig
@@ -30,14 +32,17 @@ from dagster_slurm.config.strict import reject_unknown
 from dagster_slurm.errors import ConfigurationError, DagsterSlurmError, RemoteFileError
 from dagster_slurm.packaging.packer import RemoteLayout
 from dagster_slurm.pipes.array_client import SlurmArrayClient
+from dagster_slurm.pipes.allocation import AllocationRequest
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
 from dagster_slurm.pipes.tasks import ArrayInvocation, Kind, step_partition_keys
+from dagster_slurm.slurm.allocation import allocation_key, holder_directives, step_options, step_seconds
 from dagster_slurm.slurm.array import parse_max_array_size
 from dagster_slurm.slurm.parse import config_value
 from dagster_slurm.slurm.script import from_extra_slurm_opts, job_name, queue_directives
 from dagster_slurm.transport.probes import probe
 
 RESOURCES_METADATA_KEY = "slurm_resources"
+ALLOCATION_METADATA_KEY = "slurm_allocation"
 _bases_ready: set[tuple[int, str]] = set()
 
 
@@ -178,6 +183,12 @@ class ComputeResource(dg.ConfigurableResource):
         default=None,
         description="Python version the uv packer resolves for, e.g. '3.11'. Default: that of remote_python.",
     )
+    allocation: SlurmAllocation | None = Field(
+        default=None,
+        description="Run each payload as a job step of one shared allocation (queue wait paid once). An asset "
+        "opts out with slurm_allocation=False metadata, or in with a dict of SlurmAllocation fields; "
+        "run(allocation=...) wins over both.",
+    )
 
     def run(
         self,
@@ -195,6 +206,7 @@ class ComputeResource(dg.ConfigurableResource):
         max_concurrent_tasks: int | None = None,
         extra_slurm_opts: Mapping[str, Any] | None = None,
         extra_files: Sequence[str | os.PathLike] | None = None,
+        allocation: SlurmAllocation | bool | None = None,
     ) -> PipesClientCompletedInvocation | ArrayInvocation:
         """Run ``payload_path`` and stream its Pipes messages into ``context``.
 
@@ -219,6 +231,8 @@ class ComputeResource(dg.ConfigurableResource):
                 ``cpus_per_task``, ``mem``, ``time``, ``gres``, ``qos``, ...); ``resource_requirements`` wins.
             extra_files: files uploaded beside the payload (a config, a helper module); adds to
                 ``default_extra_files``. Relative paths keep their relative names in the job's working directory.
+            allocation: run as a step of this ``SlurmAllocation``; ``False``: as a job of its own; ``None``
+                (default): the ``slurm_allocation`` asset metadata, else ``ComputeResource.allocation``.
 
         Returns:
             ``PipesClientCompletedInvocation`` (``ArrayInvocation`` for a partition range); call ``.get_results()``.
@@ -231,7 +245,7 @@ class ComputeResource(dg.ConfigurableResource):
                                  force_env_push=force_env_push, skip_payload_upload=skip_payload_upload,
                                  remote_payload_path=remote_payload_path, kind="partitions" if keys else None,
                                  tasks=keys, max_concurrent_tasks=max_concurrent_tasks,
-                                 extra_slurm_opts=extra_slurm_opts, extra_files=extra_files)
+                                 extra_slurm_opts=extra_slurm_opts, extra_files=extra_files, allocation=allocation)
         except DagsterSlurmError as err:  # its text says it all: the step failure shows no frames of ours
             raise err.with_traceback(None) from None
 
@@ -282,7 +296,8 @@ class ComputeResource(dg.ConfigurableResource):
                  force_env_push, skip_payload_upload, remote_payload_path, kind: Kind | None,
                  tasks: Sequence[Any] | None, max_concurrent_tasks: int | None,
                  extra_slurm_opts: Mapping[str, Any] | None = None,
-                 extra_files: Sequence[str | os.PathLike] | None = None):
+                 extra_files: Sequence[str | os.PathLike] | None = None,
+                 allocation: SlurmAllocation | bool | None = None):
         throttle = max_concurrent_tasks or self.max_concurrent_tasks
         if extra_slurm_opts:
             alias = from_extra_slurm_opts(extra_slurm_opts)
@@ -301,6 +316,7 @@ class ComputeResource(dg.ConfigurableResource):
         )
         payload = os.fspath(payload_path)
         extra_env = check_env_names(extra_env or {})
+        shared = self._allocation(allocation, metadata) if kind is None else None
         if self.mode == "local":
             extra_file_uploads([*(self.default_extra_files or []), *(extra_files or [])])  # the same checks
             local = self._local_payload(payload)
@@ -334,6 +350,11 @@ class ComputeResource(dg.ConfigurableResource):
             cluster_options=lambda: sbatch_options_from_help(probe(transport, "sbatch --help", check=False)),
         )}
         command = launcher.command(remote_payload, local=False)
+        alloc_request = None
+        if shared is not None:
+            alloc_request, directives = self._allocation_request(
+                shared, launcher, slurm, base, call.root_run_id, directives,
+                {**(metadata.get(RESOURCES_METADATA_KEY) or {}), **(resource_requirements or {})}, context)
         request = SlurmJobRequest(
             folder=folder,
             run_id=context.run_id,
@@ -355,6 +376,7 @@ class ComputeResource(dg.ConfigurableResource):
             sbatch_timeout=slurm.ssh.command_timeout,
             job_url=lambda job_id: slurm.job_url(job_id, config_value(
                 probe(transport, "scontrol show config", check=False), "ClusterName") or ""),
+            allocation=alloc_request,
         )
         if kind is not None and tasks is not None:
             return SlurmArrayClient(transport, watcher, job_timeout=slurm.job_timeout,
@@ -366,6 +388,45 @@ class ComputeResource(dg.ConfigurableResource):
         return client.run(context=context, request=request, extras=extras)
 
     # -- helpers
+    def _allocation(self, given: SlurmAllocation | bool | None, metadata: Mapping[str, Any]) -> SlurmAllocation | None:
+        """The allocation this call runs in: run(allocation=...), else slurm_allocation metadata, else the resource's."""
+        choice: Any = given if given is not None else metadata.get(ALLOCATION_METADATA_KEY, None)
+        where = "run(allocation=...)" if given is not None else f"the {ALLOCATION_METADATA_KEY!r} asset metadata"
+        if choice is None or choice is True:
+            if choice is True and self.allocation is None:
+                raise ConfigurationError(f"{where} asks for the shared allocation, but ComputeResource.allocation "
+                                         "is not set. Set it, or give a SlurmAllocation (or a dict of its fields).")
+            return self.allocation
+        if choice is False:
+            return None
+        if isinstance(choice, SlurmAllocation):
+            return choice
+        if isinstance(choice, Mapping):
+            return SlurmAllocation(**dict(choice))
+        raise ConfigurationError(f"{where} is {choice!r}: give True, False, a SlurmAllocation or a dict of its "
+                                 "fields (num_nodes, cpus, mem, time_limit, scope, name, ...).")
+
+    def _allocation_request(self, shared: SlurmAllocation, launcher: Launcher, slurm: SlurmResource, base: str,
+                            root_run_id: str, directives: Mapping[str, str], overrides: Mapping[str, Any],
+                            context) -> tuple[AllocationRequest, dict[str, str]]:
+        """The allocation's request, and the step's own directives (what its accounting is read against)."""
+        if isinstance(launcher, MULTI_NODE_LAUNCHERS):
+            raise ConfigurationError(
+                f"{type(launcher).__name__} cannot run as a step of a shared allocation yet (it starts its own "
+                "srun steps across the job's nodes). Run this asset as a job of its own: slurm_allocation=False "
+                "metadata, or compute.run(..., allocation=False).")
+        settings = shared.model_dump()
+        own_time = queue_directives({}, {k: v for k, v in overrides.items() if k in ("time_limit", "time")}).get("time")
+        step = {**directives, **({"time": own_time} if own_time else {})}
+        if not own_time:
+            step.pop("time", None)  # the queue's default limit is for jobs: a step runs within the allocation's
+        holder = holder_directives(settings, slurm.queue.model_dump())
+        key = allocation_key(shared.scope, shared.name, root_run_id, holder)
+        run_over = (lambda: run_has_no_step_left(context)) if shared.scope == "run" else (lambda: False)
+        return AllocationRequest(key_dir=f"{base}/allocations/{key}", key=key, directives=holder, settings=settings,
+                                 step_options=step_options(step, settings), need_seconds=step_seconds(step),
+                                 idle_timeout=shared.idle_timeout, run_over=run_over), step
+
     def _place_payload(self, transport, payload: str, options: RunOptions,
                        env_path: str) -> tuple[str, list[tuple[str, str]], bytes]:
         """Where the job finds the payload (uploaded: a name in its run folder, the job's working

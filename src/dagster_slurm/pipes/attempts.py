@@ -43,6 +43,7 @@ from dagster_slurm.slurm.ledger import (
     submit_command,
     unread_estimate,
 )
+from dagster_slurm.slurm.allocation import parse_step_probe, step_probe_command
 from dagster_slurm.slurm.parse import is_transient_sbatch_error, submit_limit_hint
 from dagster_slurm.slurm.script import attempt_from_script
 from dagster_slurm.transport.base import Transport
@@ -50,6 +51,7 @@ from dagster_slurm.transport.base import Transport
 log = logging.getLogger("dagster_slurm.pipes")
 
 SBATCH_TRIES = 5  # transient sbatch failures (busy controller) are retried after 1, 2, 4, 8 s
+DROP_TIMEOUT = 30  # cluster-side bound of a step's drop script (pipes.allocation runs it under timeout)
 LOOKUP_MARGIN = 15.0  # seconds after a try's cluster-side sbatch timeout before "not found" is proof
 MAX_ROUNDS = 10  # claims lost to concurrent processes before giving up
 STATE_TRIES = 4  # squeue/sacct failures tolerated when asking an earlier job's state
@@ -153,8 +155,12 @@ class StepCallLedger:
         # the job script carries the attempt's record; without a job script no sbatch try ever started
         record = attempt_from_script((self.transport.read_from(f"{run_dir}/job.sh") or b"").decode(errors="replace"))
         attempt = Attempt(n, None, str(record.get("run_id", "")), str(record.get("fingerprint", "")),
-                          str(record.get("job_name", "")), sbatch_timeout=float(record.get("sbatch_timeout") or 0))
-        job_id = self._find_job(attempt) if attempt.job_name else None
+                          str(record.get("job_name", "")), sbatch_timeout=float(record.get("sbatch_timeout") or 0),
+                          allocation=str(record.get("allocation") or ""))
+        if attempt.job_name and attempt.allocation:
+            job_id = self._find_step(attempt)
+        else:
+            job_id = self._find_job(attempt) if attempt.job_name else None
         if job_id is None:
             self._warn(f"Attempt {n} of this step ({run_dir}) was left unfinished by an earlier orchestrator "
                        "and submitted no job; it is closed.")
@@ -194,6 +200,31 @@ class StepCallLedger:
             f"({problem or 'no conclusive answer'}). Nothing was resubmitted; check `squeue -n {attempt.job_name}` "
             "and re-execute the step when the cluster answers: it reattaches to the job if there is one."
         )
+
+    def _find_step(self, attempt: Attempt) -> str | None:
+        """The step (or the allocation it was requested in) of an attempt of a shared allocation, or None once
+        it is certain that none was requested: its drop script runs under a cluster-side timeout, so after the
+        guard's time + that bound + a margin, a request that is in neither the inbox nor taken was never made."""
+        run_dir = f"{self.folder}/{attempt.n}"
+        q = shlex.quote
+        for _ in range(60):
+            probe = parse_step_probe(self.transport.run(step_probe_command(run_dir, attempt.allocation,
+                                                                           attempt.job_name), check=False,
+                                                        retry=True).stdout)
+            if probe.step_id:
+                return probe.step_id
+            if probe.waiting or probe.taken:
+                job = (self.transport.read_from(f"{attempt.allocation}/job_id") or b"").decode().strip()
+                if job:
+                    return job
+            clock = self.transport.run(f"cat {q(run_dir)}/drop/at 2>/dev/null || echo -; date +%s", check=False,
+                                       retry=True).stdout.split()
+            if not clock or clock[0] == "-" or (len(clock) > 1 and clock[0].isdigit() and clock[1].isdigit()
+                                                and int(clock[1]) > int(clock[0]) + DROP_TIMEOUT + LOOKUP_MARGIN):
+                return None
+            self._sleep(2.0)
+        raise DagsterSlurmError(f"Could not find out whether this step was requested in allocation "
+                                f"{attempt.allocation} ({run_dir}). Nothing was started; re-execute the step.")
 
     def job_state(self, job_id: str) -> str | None:
         """squeue/sacct state of ``job_id``; None when the cluster provably no longer knows it."""

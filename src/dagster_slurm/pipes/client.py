@@ -10,13 +10,17 @@ from typing import Any
 import dagster as dg
 from dagster import PipesClient, PipesClientCompletedInvocation, PipesExecutionResult, open_pipes_session
 
-from dagster_slurm.errors import SlurmJobError, tail
+from dagster_slurm.errors import DagsterSlurmError, SlurmJobError, tail
+from dagster_slurm.pipes import allocation as shared
+from dagster_slurm.pipes.allocation import AllocationRequest, Held
 from dagster_slurm.pipes.attempts import Placement, StepCallLedger
 from dagster_slurm.pipes.context import SlurmContextInjector
 from dagster_slurm.pipes.failure import exception_line, exit_text, stderr_metadata
 from dagster_slurm.pipes.reader import RunFiles, SlurmRunMessageReader
 from dagster_slurm.pipes.waiting import TerminateGuard, wait_for_job
-from dagster_slurm.slurm.parse import JobAccounting, parse_timestamp, significant
+from dagster_slurm.slurm.allocation import allocation_of, is_step
+from dagster_slurm.slurm.ledger import append_command
+from dagster_slurm.slurm.parse import TERMINAL_STATES, JobAccounting, parse_timestamp, significant
 from dagster_slurm.slurm.script import (
     ACTIVATION_FAILED,
     SIGNALLED_FILE,
@@ -59,6 +63,7 @@ class SlurmJobRequest:
     job_url: Callable[[str], str | None] = lambda _job_id: None  # a link to the job in the site's web UI
     requeue_on: Sequence[str] = ()  # end states after which the job is submitted again (SlurmResource.requeue_on)
     max_requeues: int = 0
+    allocation: AllocationRequest | None = None  # run as a step of this shared allocation
 
     @property
     def checkpoint_dir(self) -> str:
@@ -194,41 +199,135 @@ class SlurmPipesClient(PipesClient):
             context=context, context_injector=injector, message_reader=reader, extras=extras
         ) as session:
             job_id = placement.attempt.job_id
+            held: Held | None = None
             # the job's secrets go once it is over (a queued job still sources them): with a cancel, or below
             forget_secrets = "rm -f -- " + " ".join(shlex.quote(files.path(n)) for n in ("env.sh", CONTEXT_FILE))
             with TerminateGuard() as terminate:  # from staging to the job's end: a terminate cancels it
                 if job_id is None:
                     if request.requeue_on:
                         self.transport.mkdir_p(request.checkpoint_dir)
+                    if request.allocation is not None:
+                        held = self._acquire(context, request)
+                        placement.attempt.allocation = held.folder
                     self._stage(request, placement, {**request.env, **session.get_bootstrap_env_vars()},
-                                injector.pending)
+                                injector.pending, held)
                     terminate.raise_if_requested()  # nothing submitted yet
-                    job_id = ledger.submit(placement, request.lease_dir, self._describe(request))
-                    placement.attempt.job_id = job_id
-                    context.log.info(f"Submitted Slurm job {job_id} ({placement.attempt.job_name}); "
-                                     f"run folder {files.run_dir}")
-                    if placement.estimate:
-                        context.log.info(start_estimate_text(job_id, placement.estimate))
+                    if held is not None:
+                        held, job_id = self._start_step(context, request, placement, ledger, held, terminate)
+                    else:
+                        job_id = ledger.submit(placement, request.lease_dir, self._describe(request))
+                        placement.attempt.job_id = job_id
+                        context.log.info(f"Submitted Slurm job {job_id} ({placement.attempt.job_name}); "
+                                         f"run folder {files.run_dir}")
+                        if placement.estimate:
+                            context.log.info(start_estimate_text(job_id, placement.estimate))
+                elif placement.attempt.allocation:
+                    held = Held(placement.attempt.allocation, allocation_of(job_id), "RUNNING", joined=True)
+                    if not is_step(job_id):  # requested by an orchestrator that went before the step started
+                        job_id = self._step_started(context, request, placement, ledger, held, terminate)
                 reader.start()
                 acct = wait_for_job(context.log, self.watcher, self.transport, job_id, job_timeout=self.job_timeout,
                                     queue_timeout=self.queue_timeout, cancel_also=forget_secrets,
                                     exit_file=files.exit_code, on_exit=reader.wake, terminate=terminate)
+            lost = ""
+            if held is not None:
+                acct, lost = self._step_outcome(request, held, acct)
             folder_gone = False
             try:  # the job has ended: from here on its secrets go, whatever happens
                 reader.drain()
                 try:
                     self._raise_for_outcome(acct, reader, session.message_handler.received_opened_message, files,
-                                            {**acct.metadata(request.directives),
-                                             **request.link(job_id)}, request.directives)
+                                            {**acct.metadata(request.directives), **self._step_metadata(held, job_id),
+                                             **request.link(allocation_of(job_id))}, request.directives, lost)
                 except SlurmJobError:
                     ledger.report(placement, acct.state, success=False, keep=True)
+                    self._after_step(request, held)
                     raise
                 ledger.report(placement, acct.state, success=True, keep=request.keep_run_dir)
                 folder_gone = not request.keep_run_dir
+                self._after_step(request, held)
             finally:
                 if not folder_gone:
                     self.transport.run(forget_secrets, check=False, retry=True)
-        return session, acct, job_id, estimate_metadata(placement.estimate)
+        return session, acct, job_id, {**estimate_metadata(placement.estimate), **self._step_metadata(held, job_id)}
+
+    # -- a step of a shared allocation
+    def _acquire(self, context, request: SlurmJobRequest) -> Held:
+        assert request.allocation is not None
+        return shared.acquire(self.transport, request.allocation, user=request.folder.rsplit("/", 1)[-1],
+                              log=context.log.info, sbatch_timeout=request.sbatch_timeout)
+
+    def _start_step(self, context, request: SlurmJobRequest, placement: Placement, ledger: StepCallLedger,
+                    held: Held, terminate: TerminateGuard) -> tuple[Held, str]:
+        """Request the step (in the next generation if the holder just ended) and wait until it runs."""
+        assert request.allocation is not None
+        attempt = placement.attempt
+        for _ in range(5):
+            requested = shared.drop(self.transport, held, request.allocation, placement.run_dir, attempt.job_name)
+            if requested is not None:
+                break
+            context.log.info(f"Allocation job {held.job_id} ended itself (idle) just now; using a fresh one.")
+            held = self._acquire(context, request)
+            attempt.allocation = held.folder
+            self.transport.write_many(self._drop_files(request, placement, held))
+        else:
+            raise DagsterSlurmError(f"Allocation {request.allocation.key} kept ending before this step could join it.")
+        attempt.job_id = held.job_id
+        return held, self._step_started(context, request, placement, ledger, held, terminate)
+
+    def _step_started(self, context, request: SlurmJobRequest, placement: Placement, ledger: StepCallLedger,
+                      held: Held, terminate: TerminateGuard) -> str:
+        step_id = shared.wait_started(self.transport, held, placement.run_dir, placement.attempt.job_name,
+                                      log=context.log, queue_timeout=self.queue_timeout, terminate=terminate)
+        placement.attempt.job_id = step_id
+        self.transport.run(append_command(ledger.folder, placement.attempt.record()), check=False, retry=True)
+        context.log.info(f"Slurm step {step_id} runs in allocation {held.job_id} "
+                         f"({'joined' if held.joined else 'no further queue wait'}); run folder {placement.run_dir}")
+        return step_id
+
+    def _drop_files(self, request: SlurmJobRequest, placement: Placement, held: Held) -> list[tuple[str, bytes, int]]:
+        assert request.allocation is not None
+        return shared.drop_files(held=held, request=request.allocation, run_dir=placement.run_dir,
+                                 name=placement.attempt.job_name, ledger_folder=placement.folder,
+                                 record=placement.attempt.record(), lease_dir=request.lease_dir)
+
+    def _step_outcome(self, request: SlurmJobRequest, held: Held, acct: JobAccounting) -> tuple[JobAccounting, str]:
+        """A step that did not complete while its allocation ended: the allocation's end is its reason (its
+        state decides requeue_on)."""
+        held.accounting = shared.allocation_accounting(self.transport, held.job_id)
+        if acct.state == "COMPLETED":
+            return acct, ""
+        alloc = held.accounting
+        state = alloc.state if alloc is not None else None
+        if state is None or state not in TERMINAL_STATES or state == "COMPLETED":
+            return acct, ""
+        limit = request.allocation.settings.get("time_limit") if request.allocation else None
+        why = {"TIMEOUT": f"its time limit (SlurmAllocation.time_limit={limit}) ended while this step ran; raise it, "
+                          "or give the asset a time_limit so that it fails before it starts when it would not fit"}.get(
+            state, f"it ended {state}")
+        return (JobAccounting(**{**acct.__dict__, "state": state}),
+                f"The step's allocation (Slurm job {held.job_id}) is gone: {why}.")
+
+    @staticmethod
+    def _step_metadata(held: Held | None, job_id: str) -> dict[str, Any]:
+        if held is None:
+            return {}
+        out: dict[str, Any] = {"slurm_allocation_id": held.job_id, "slurm_step_id": job_id}
+        wait = held.accounting.queue_wait_seconds if held.accounting is not None else None
+        if wait is not None:
+            out["slurm_allocation_queue_wait_seconds"] = wait
+            out["slurm_queue_wait_saved_seconds"] = wait if held.joined else 0
+        return out
+
+    def _after_step(self, request: SlurmJobRequest, held: Held | None) -> None:
+        """scope='run': the run's last step releases the allocation (its holder ends when idle)."""
+        if held is None or request.allocation is None:
+            return
+        try:
+            over = request.allocation.run_over()
+        except Exception:  # noqa: BLE001 - best effort: the holder's idle_timeout ends it anyway
+            over = False
+        shared.leave(self.transport, request.allocation, request.folder.rsplit("/", 1)[-1], held, over)
 
     # -- steps
     @staticmethod
@@ -257,7 +356,7 @@ class SlurmPipesClient(PipesClient):
                 "resource_requirements / slurm_resources metadata.")
 
     def _stage(self, request: SlurmJobRequest, placement: Placement, env: Mapping[str, str],
-               context_data: bytes | None) -> None:
+               context_data: bytes | None, held: Held | None = None) -> None:
         """The job's files, written in one batch (one round trip's time): Pipes context, payload,
         env file (0600: secrets) and job script."""
         files = RunFiles(placement.run_dir)
@@ -282,11 +381,13 @@ class SlurmPipesClient(PipesClient):
             )
         )
         batch.append((files.path("job.sh"), script.encode(), 0o700))
+        if held is not None:
+            batch += self._drop_files(request, placement, held)
         self.transport.write_many(batch)
 
     def _raise_for_outcome(self, acct: JobAccounting, reader: SlurmRunMessageReader, opened: bool,
                            files: RunFiles, metadata: dict[str, Any],
-                           request_directives: Mapping[str, str] | None = None) -> None:
+                           request_directives: Mapping[str, str] | None = None, lost: str = "") -> None:
         """Raise unless the job and its payload succeeded. The failure's text leads with the payload's own
         exception line and Slurm's verdict; it carries the job's figures, the stderr tail (once, as
         markdown) and, as path metadata, the run folder and the logs kept on the cluster."""
@@ -320,8 +421,8 @@ class SlurmPipesClient(PipesClient):
             what = f"its environment could not be set up (sourcing env.sh / activate.sh failed, status {payload_rc})"
         exit_code = acct.exit_code if acct.accounted else (f"{payload_rc}:0" if payload_rc is not None else "")
         headline = exception_line(reader.state.exception, stderr_tail)
-        text = ((f"{headline}\n" if headline else "")
-                + f"Slurm job {acct.job_id} {acct.state}, {exit_text(exit_code, payload_rc)}"
+        text = ((f"{headline}\n" if headline else "") + (f"{lost}\n" if lost else "")
+                + f"Slurm {'step' if is_step(acct.job_id) else 'job'} {acct.job_id} {acct.state}, {exit_text(exit_code, payload_rc)}"
                 + (f": {what}" if what else "") + ".\n"
                 + f"Its job script and logs stay on the cluster in {files.run_dir} (stdout.log, stderr.log)"
                 + ("; the stderr tail is in this failure's metadata." if stderr_tail else "."))

@@ -11,6 +11,7 @@ from types import FrameType
 import dagster as dg
 
 from dagster_slurm.errors import ConfigurationError, SlurmJobError
+from dagster_slurm.slurm.allocation import is_step
 from dagster_slurm.slurm.parse import JobAccounting, unresolvable_reason
 from dagster_slurm.slurm.watcher import JobWatcher
 from dagster_slurm.transport.base import Transport
@@ -143,8 +144,9 @@ GONE_WITHIN = 45
 def cancel_command(job_id: str, also: str = "") -> str:
     """scancel, ``also``, then wait (bounded) until squeue no longer shows the job: once a terminate returns,
     nothing of the job runs any more."""
+    listed = f"squeue -h -s {job_id} -o %i" if is_step(job_id) else f"squeue -h -j {job_id} -o %T"
     return (f"scancel {job_id}" + (f"; {also}" if also else "")
-            + f"; i=0; while [ $i -lt {GONE_WITHIN * 4} ] && squeue -h -j {job_id} -o %T 2>/dev/null | grep -q .; "
+            + f"; i=0; while [ $i -lt {GONE_WITHIN * 4} ] && {listed} 2>/dev/null | grep -q .; "
             "do sleep 0.25; i=$((i+1)); done")
 
 

@@ -25,6 +25,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dagster_slurm.slurm.allocation import is_step
 from dagster_slurm.slurm.array import base_job_id, belongs_to, overall_state
 from dagster_slurm.slurm.parse import (
     JOB_ID,
@@ -52,10 +53,12 @@ class Attempt:
     reported: str | None = None  # the outcome an orchestrator reported; None while nobody consumed it
     sbatch_timeout: float = 0.0  # the cluster-side bound its sbatch tries ran under
     done: tuple[int, ...] = ()  # array attempts: the tasks that succeeded, as reported
+    allocation: str = ""  # a step of a shared allocation: that allocation's folder
 
     def record(self) -> dict[str, object]:
         return {"n": self.n, "job_id": self.job_id, "run_id": self.run_id, "fingerprint": self.fingerprint,
-                "job_name": self.job_name, "sbatch_timeout": self.sbatch_timeout}
+                "job_name": self.job_name, "sbatch_timeout": self.sbatch_timeout,
+                **({"allocation": self.allocation} if self.allocation else {})}
 
 
 def parse_ledger(text: str) -> dict[int, Attempt]:
@@ -74,6 +77,7 @@ def parse_ledger(text: str) -> dict[int, Attempt]:
             attempt.fingerprint = str(entry.get("fingerprint", ""))
             attempt.job_name = str(entry.get("job_name", ""))
             attempt.sbatch_timeout = float(entry.get("sbatch_timeout") or 0)
+            attempt.allocation = str(entry.get("allocation") or "")
         if entry.get("reported"):
             attempt.reported = str(entry["reported"])
         if isinstance(entry.get("done"), list):
@@ -199,7 +203,10 @@ class SlurmUnavailable(Exception):
 
 
 def state_command(job_id: str) -> str:
-    """The state of one job: squeue first (it knows queued jobs at once), then sacct (ended jobs)."""
+    """The state of one job: squeue first (it knows queued jobs at once), then sacct (ended jobs). A step
+    of a shared allocation (``123.4``): its own sacct line (running steps have one too)."""
+    if is_step(job_id):
+        return "echo rc=0; echo @@; " + _tool(f"sacct -P -n -o JobID,State -j {job_id}")
     return (_tool(f"squeue -h -t all -o '%i|%T' -j {job_id}") + "; echo @@; "
             + _tool(f"sacct -X -P -n -o JobID,State -j {job_id}"))
 

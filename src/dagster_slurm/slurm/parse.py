@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from dagster_slurm.errors import DagsterSlurmError
@@ -19,7 +19,7 @@ TERMINAL_STATES = frozenset(
 # Recordings made before the start was asked for have the first three only.
 SQUEUE_FORMAT = "%i|%T|%r|%S"
 # a job id as squeue and sacct print it: 123, an array task 123_4, or an array's pending rest 123_[5-99%8]
-JOB_ID = re.compile(r"^\d+(_\d+|_\[[0-9,%-]+\])?$")
+JOB_ID = re.compile(r"^\d+(_\d+|_\[[0-9,%-]+\]|\.\d+)?$")  # a job, an array task, or a step (123.4)
 
 
 def only_unknown_job_ids(errors: list[str]) -> bool:
@@ -344,8 +344,9 @@ def tres_value(tres: str, name: str) -> float | None:
     return total if total is not None else (typed or None)
 
 
-def parse_sacct(stdout: str, fields: str = SACCT_FIELDS) -> dict[str, JobAccounting]:
-    """``sacct -P -n -o <fields>`` (job lines and step lines) -> one record per job."""
+def parse_sacct(stdout: str, fields: str = SACCT_FIELDS, steps: Collection[str] = ()) -> dict[str, JobAccounting]:
+    """``sacct -P -n -o <fields>`` (job lines and step lines) -> one record per job. ``steps``: step ids
+    (``123.4``, a step of a shared allocation) that get a record of their own, from their own line."""
     names = fields.split(",")
     # rows of all the fields asked for; also rows without the trailing GPU fields (recordings made before they were
     # asked for: sacct itself always answers with every field asked, or fails)
@@ -357,6 +358,8 @@ def parse_sacct(stdout: str, fields: str = SACCT_FIELDS) -> dict[str, JobAccount
     widest: dict[str, tuple[int, str]] = {}  # per job: the node list of its row (job or step) with most nodes
     for row in rows:
         job_id, _, step = row["JobID"].partition(".")
+        if row["JobID"] in steps:
+            job_id, step = row["JobID"], ""
         rss = parse_size(row["MaxRSS"])
         if rss is not None:
             max_rss[job_id] = max(max_rss.get(job_id, 0), rss)

@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from dagster_slurm.errors import DagsterSlurmError
+from dagster_slurm.slurm.allocation import allocation_of, is_step
 from dagster_slurm.slurm.array import aggregate, belongs_to, overall_state
 from dagster_slurm.slurm.exits import ExitWatcher
 from dagster_slurm.slurm.parse import (
@@ -234,14 +235,24 @@ class JobWatcher(HandleSet):
                 interval = self.min_interval
 
     def tick(self, active: list[JobHandle]) -> bool:
-        """One poll of all active jobs. Returns whether anything changed."""
+        """One poll of all active jobs. Returns whether anything changed.
+
+        A step of a shared allocation (``123.4``) is watched once it has started: it runs while its
+        allocation runs and ``squeue --steps`` lists it, and ends when its exit file appears, when squeue
+        no longer lists it, or with its allocation; its own sacct line is its result."""
         self.ticks += 1
         queue, detailed = self._queue(active)
+        steps = [h for h in active if is_step(h.job_id)]
+        running_steps = self._running_steps(steps) if steps else set()
         changed = False
         finishing: list[JobHandle] = []
         now = time.monotonic()
         for h in active:
-            entry = _entry(queue, h.job_id)
+            entry = _entry(queue, allocation_of(h.job_id))
+            if entry is not None and is_step(h.job_id):
+                entry = QueueEntry(h.job_id, "RUNNING", "") if entry.state == "RUNNING" else entry
+                if h.exited.is_set() or h.job_id not in running_steps:
+                    entry = None
             if entry is not None:
                 if h.job_id in detailed:
                     reason, start = entry.reason, entry.start
@@ -257,20 +268,30 @@ class JobWatcher(HandleSet):
         return changed
 
     def _queue(self, active: list[JobHandle]) -> tuple[dict[str, QueueEntry], set[str]]:
-        """squeue's lines for the active jobs, and the ids whose reason and start they carry."""
-        ids = [h.job_id for h in active]
+        """squeue's lines for the active jobs (a step: its allocation's), and the ids whose reason and start
+        they carry."""
+        ids = list(dict.fromkeys(allocation_of(h.job_id) for h in active))
+        jobs = [h for h in active if not is_step(h.job_id)]
         if self._states_only is None:
             self._states_only = STATES_ONLY in self._transport.probe("squeue --help", check=False)
         if not self._states_only:
-            return self._squeue(SQUEUE_FORMAT, ids), set(ids)
+            return self._squeue(SQUEUE_FORMAT, ids), {h.job_id for h in jobs}
         queue = self._squeue("%i|%T", ids, STATES_ONLY)
         now = time.monotonic()
-        detail = [h.job_id for h in active
+        detail = [h.job_id for h in jobs
                   if (e := _entry(queue, h.job_id)) is not None and e.state == "PENDING" and h.wants_detail(now)]
         if detail:
             queue = {i: e for i, e in queue.items() if not any(belongs_to(i, d) for d in detail)}
             queue.update(self._squeue(SQUEUE_FORMAT, detail))
         return queue, set(detail)
+
+    def _running_steps(self, steps: list[JobHandle]) -> set[str]:
+        """The step ids ``squeue --steps`` lists for the allocations of ``steps``."""
+        ids = ",".join(dict.fromkeys(allocation_of(h.job_id) for h in steps))
+        result = self._transport.run(f"squeue -h -s -j {ids} -o '%i'", check=False, retry=True, timeout=30)
+        if result.exit_status != 0 and not only_unknown_job_ids(result.stderr.strip().splitlines()):
+            raise DagsterSlurmError(f"squeue --steps failed ({result.exit_status}): {result.stderr.strip()}")
+        return {line.strip() for line in result.stdout.splitlines() if line.strip()}
 
     def _squeue(self, fmt: str, ids: list[str], option: str = "") -> dict[str, QueueEntry]:
         result = self._transport.run(
@@ -288,7 +309,7 @@ class JobWatcher(HandleSet):
         )
         if result.exit_status != 0:
             return self._finalise_without_accounting(handles, result.stderr)
-        accounting = parse_sacct(result.stdout)
+        accounting = parse_sacct(result.stdout, steps={h.job_id for h in handles if is_step(h.job_id)})
         changed = False
         for h in handles:
             acct = accounting.get(h.job_id)
