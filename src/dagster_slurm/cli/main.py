@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent_sub = agent.add_subparsers(dest="agent_command", required=True)
     agent_sub.add_parser("status", help="Which agents run, since when, their clients, jobs and logins.")
     agent_sub.add_parser("stop", help="Stop every agent of this user (running jobs are not affected).")
+    allocations = agent_sub.add_parser("allocations", help="The shared allocations (SlurmAllocation) held on the "
+                                       "cluster: their jobs, age, idle time and steps.")
+    allocations.add_argument("--all", action="store_true", help="Also list allocations that have ended.")
     return parser
 
 
@@ -89,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("login", "agent"):
             from dagster_slurm.cli.agent import run_agent, run_login
 
-            run_login(args) if args.command == "login" else run_agent(args)
+            if args.command == "agent" and args.agent_command == "allocations":
+                from dagster_slurm.cli.allocations import run_allocations
+
+                run_allocations(args)
+            else:
+                run_login(args) if args.command == "login" else run_agent(args)
         elif args.command == "runs":
             from dagster_slurm.cli.runs import run_runs_gc
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -31,7 +31,7 @@ from dagster_slurm.slurm.allocation import (
 )
 from dagster_slurm.pipes.attempts import DROP_TIMEOUT
 from dagster_slurm.slurm.ledger import GUARD_TAKEN, LEDGER, SlurmUnavailable, ledger_line, parse_state, state_command
-from dagster_slurm.slurm.parse import SACCT_FIELDS, TERMINAL_STATES, JobAccounting, parse_sacct
+from dagster_slurm.slurm.parse import TERMINAL_STATES
 from dagster_slurm.transport.base import Transport
 
 ACQUIRE_BOUND = 180.0  # seconds to find or create a holder job before giving up
@@ -61,7 +61,7 @@ class Held:
     job_id: str
     state: str = "PENDING"  # when found
     joined: bool = False  # found running (not made, not waited for by this step)
-    accounting: JobAccounting | None = field(default=None)
+    queue_wait: int | None = None  # seconds the allocation waited in the queue
 
 
 def _alloc_state(transport: Transport, job_id: str, sleep: Callable[[float], None] = time.sleep) -> str | None:
@@ -230,9 +230,17 @@ def withdraw(transport: Transport, held: Held, run_dir: str, name: str) -> None:
                   check=False, retry=True)
 
 
-def allocation_accounting(transport: Transport, job_id: str) -> JobAccounting | None:
-    out = transport.run(f"sacct -X -P -n -o {SACCT_FIELDS} -j {job_id}", check=False, retry=True, timeout=30)
-    return parse_sacct(out.stdout).get(job_id) if out.exit_status == 0 else None
+def queue_wait(transport: Transport, held: Held) -> int | None:
+    """Seconds the allocation waited in the queue: from its submission to its holder's start (cluster clock;
+    sacct may not have the record of a job that started a moment ago)."""
+    q = shlex.quote
+    words = transport.run(f"cat {q(held.folder)}/submitted {q(held.folder)}/started 2>/dev/null", check=False,
+                          retry=True).stdout.split()
+    return max(0, int(words[1]) - int(words[0])) if len(words) == 2 and all(w.isdigit() for w in words) else None
+
+
+def allocation_state(transport: Transport, held: Held) -> str | None:
+    return _alloc_state(transport, held.job_id)
 
 
 def leave(transport: Transport, request: AllocationRequest, user: str, held: Held, run_over: bool) -> None:

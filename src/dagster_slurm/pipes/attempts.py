@@ -43,7 +43,7 @@ from dagster_slurm.slurm.ledger import (
     submit_command,
     unread_estimate,
 )
-from dagster_slurm.slurm.allocation import parse_step_probe, step_probe_command
+from dagster_slurm.slurm.allocation import is_step, parse_step_probe, step_probe_command
 from dagster_slurm.slurm.parse import is_transient_sbatch_error, submit_limit_hint
 from dagster_slurm.slurm.script import attempt_from_script
 from dagster_slurm.transport.base import Transport
@@ -94,6 +94,8 @@ class StepCallLedger:
                 if latest is None or latest.job_id is None:
                     latest = self._settle_orphan(n, attempts.get(n) or Attempt(n))
             state = None
+            if latest is not None and latest.job_id and latest.allocation and not is_step(latest.job_id):
+                self._resolve_step(latest)
             if latest is not None and latest.job_id and latest.reported is None:
                 state = self.job_state(latest.job_id)
             present = state == "COMPLETED" and latest is not None and \
@@ -200,6 +202,14 @@ class StepCallLedger:
             f"({problem or 'no conclusive answer'}). Nothing was resubmitted; check `squeue -n {attempt.job_name}` "
             "and re-execute the step when the cluster answers: it reattaches to the job if there is one."
         )
+
+    def _resolve_step(self, attempt: Attempt) -> None:
+        """An attempt recorded with its allocation's job id only (its orchestrator went before the step
+        started, or before it wrote the step's id): the step's id, if the step has started since."""
+        step = (self.transport.read_from(f"{self.folder}/{attempt.n}/step_id") or b"").decode(errors="replace").strip()
+        if is_step(step) and step.startswith(f"{attempt.job_id}."):
+            attempt.job_id = step
+            self._append(attempt.record())
 
     def _find_step(self, attempt: Attempt) -> str | None:
         """The step (or the allocation it was requested in) of an attempt of a shared allocation, or None once

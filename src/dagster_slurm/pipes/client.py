@@ -294,11 +294,10 @@ class SlurmPipesClient(PipesClient):
     def _step_outcome(self, request: SlurmJobRequest, held: Held, acct: JobAccounting) -> tuple[JobAccounting, str]:
         """A step that did not complete while its allocation ended: the allocation's end is its reason (its
         state decides requeue_on)."""
-        held.accounting = shared.allocation_accounting(self.transport, held.job_id)
+        held.queue_wait = shared.queue_wait(self.transport, held)
         if acct.state == "COMPLETED":
             return acct, ""
-        alloc = held.accounting
-        state = alloc.state if alloc is not None else None
+        state = shared.allocation_state(self.transport, held)
         if state is None or state not in TERMINAL_STATES or state == "COMPLETED":
             return acct, ""
         limit = request.allocation.settings.get("time_limit") if request.allocation else None
@@ -313,7 +312,7 @@ class SlurmPipesClient(PipesClient):
         if held is None:
             return {}
         out: dict[str, Any] = {"slurm_allocation_id": held.job_id, "slurm_step_id": job_id}
-        wait = held.accounting.queue_wait_seconds if held.accounting is not None else None
+        wait = held.queue_wait
         if wait is not None:
             out["slurm_allocation_queue_wait_seconds"] = wait
             out["slurm_queue_wait_saved_seconds"] = wait if held.joined else 0

@@ -4,7 +4,7 @@ Layout, under ``{base}/allocations/{key}/`` (``key``: the allocation's name, or 
 
     0/, 1/, ...      generations: creating one (mkdir, atomic) claims the right to submit its holder job
     g/holder.sh      the holder job script; g/holder.log its output
-    g/job_id         the holder's Slurm job id, written right after sbatch
+    g/job_id         the holder's Slurm job id, written right after sbatch (g/submitted: the clock before it)
     g/failed         sbatch refused the holder (its message)
     g/started        the holder runs: the cluster's clock when it began; g/ends_at when its time limit ends
     g/inbox/NAME     a step to start: a symlink to the step's run folder (``ln -s`` is the atomic request)
@@ -175,7 +175,7 @@ def submit_holder_command(folder: str) -> str:
     """sbatch the generation's holder; its job id goes to ``job_id`` cluster-side, whatever happens to the
     answer. A refusal goes to ``failed``."""
     q = shlex.quote
-    return (f"cd {q(folder)} && mkdir -p inbox taken && out=$(umask 077; sbatch --parsable {HOLDER} 2>&1); rc=$?; "
+    return (f"cd {q(folder)} && mkdir -p inbox taken && date +%s > submitted && out=$(umask 077; sbatch --parsable {HOLDER} 2>&1); rc=$?; "
             'jid=${out##*$\'\\n\'}; jid=${jid%%;*}; '
             'if [ $rc = 0 ] && [ -n "$jid" ]; then echo "$jid" > job_id.tmp && mv -f job_id.tmp job_id && '
             'echo "job:$jid"; else printf "%s\\n" "$out" > failed; echo "failed:$out"; exit 1; fi')
@@ -210,6 +210,12 @@ def step_options(directives: Mapping[str, str], settings: Mapping[str, object]) 
     elif alloc_mem:
         options.append(f"--mem={max(1, alloc_mem * cpus // alloc_cpus // (1 << 20))}M")
     if directives.get("time"):
+        whole = parse_time_limit(str(settings.get("time_limit") or ""))
+        need = parse_time_limit(directives["time"])
+        if whole and need and need > whole:
+            raise ConfigurationError(f"This step asks for time_limit={directives['time']}, more than its whole "
+                                     f"allocation has (SlurmAllocation.time_limit={settings.get('time_limit')}): it "
+                                     "would be killed mid-way. Raise the allocation's time_limit or lower the asset's.")
         options.append(f"--time={directives['time']}")
     if directives.get("gpus-per-node"):
         options.append(f"--gpus-per-node={directives['gpus-per-node']}")
