@@ -92,6 +92,7 @@ def test_the_generation_and_step_probes_read_what_the_commands_print():
     bash_parses(alloc.submit_holder_command("/b/allocations/k/0"))
     assert alloc.parse_generation("gen:-\n") == alloc.Generation(None)
     assert alloc.parse_generation("gen:3\njob:77\nended\nage:12\n") == alloc.Generation(3, "77", "", True, 12.0)
+    assert alloc.parse_generation("gen:0\njob:77\nstate:RUNNING\nage:5\n").state == "RUNNING"
     assert alloc.parse_generation("gen:0\njob:\nfailed:sbatch: error: Invalid partition\nage:1\n").failed.startswith("sbatch")
     assert alloc.parse_step_probe("77.3\nstarted\ntaken\n") == alloc.StepProbe("77.3", "", False, True, False, True)
     assert alloc.parse_step_probe("launch_failed:1\nended\n").launch_failed == "1"

@@ -36,6 +36,7 @@ from dagster_slurm.transport.base import Transport
 
 ACQUIRE_BOUND = 180.0  # seconds to find or create a holder job before giving up
 LOST_DROP_MARGIN = 10.0
+ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")
 
 
 @dataclass
@@ -94,7 +95,8 @@ def acquire(transport: Transport, request: AllocationRequest, *, user: str, log:
                     raise ConfigurationError(f"sbatch refused the allocation's holder job: {gen.failed.strip()}\n"
                                              f"Check {request.describe()} (partition, cpus, mem, time_limit).")
             elif gen.job_id:
-                state = _alloc_state(transport, gen.job_id, sleep)
+                # squeue's word in the same command; sacct's only when squeue does not list the job
+                state = gen.state if gen.state in ACTIVE else _alloc_state(transport, gen.job_id, sleep)
                 if state is not None and state not in TERMINAL_STATES:
                     return Held(folder, gen.job_id, state, joined=state == "RUNNING")
             elif gen.age < sbatch_timeout + 30:  # another process is submitting it
@@ -185,7 +187,7 @@ def wait_started(transport: Transport, held: Held, run_dir: str, name: str, *, l
     """Block until the step runs and return its id (``<job>.<step>``). Says when the allocation waits in the
     queue, fails when it ends first or srun cannot create the step, and withdraws the request on terminate."""
     started = clock()
-    interval, checked, told = 0.05, started, ""
+    interval, checked, told = 0.03, started, ""
     while True:
         probe = parse_step_probe(transport.run(step_probe_command(run_dir, held.folder, name), check=False,
                                                retry=True).stdout)
@@ -218,7 +220,7 @@ def wait_started(transport: Transport, held: Held, run_dir: str, name: str, *, l
                                     f"{queue_timeout:g} s; this step's request was withdrawn (the allocation stays "
                                     "for other steps and ends itself when idle).", held.job_id, "PENDING", "", "")
         sleep(interval)
-        interval = min(interval * 1.5, 1.0)
+        interval = min(interval * 1.3, 0.5 if told != "PENDING" else 1.0)
 
 
 def withdraw(transport: Transport, held: Held, run_dir: str, name: str) -> None:

@@ -38,7 +38,7 @@ LEFT = "dagster-slurm-left:"
 DROP_REFUSED = 76  # the allocation has less time left than the step asks for
 ALLOCATION_ENDED = 77  # the generation's holder ended: use the next one
 DROP_STUCK = 78  # the inbox stayed closed without the holder ending (a holder that hangs)
-POLL = 0.2  # seconds between the holder's looks at its inbox
+POLL = 0.1  # seconds between the holder's looks at its inbox
 
 
 def allocation_key(scope: str, name: str | None, root_run_id: str, settings: Mapping[str, object]) -> str:
@@ -137,12 +137,14 @@ done
 
 def acquire_read_command(key_dir: str, user: str) -> str:
     """Register ``user`` (a step call) and read the newest generation of an allocation: ``gen:<g or ->``,
-    then its ``job:<id>``, ``failed:<text>``, ``ended``, its age (``age:<s>``) by the cluster's clock."""
+    then its ``job:<id>`` and squeue's ``state:<state>`` of it (empty when squeue does not know it), ``failed:<text>``,
+    ``ended``, its age (``age:<s>``) by the cluster's clock."""
     q = shlex.quote
     return (f"mkdir -p {q(key_dir)}/users && cd {q(key_dir)} && touch users/{q(user)}; "
             "g=$(ls | grep -E '^[0-9]+$' | sort -n | tail -n 1); "
             'echo "gen:${g:--}"; [ -n "$g" ] || exit 0; '
-            'echo "job:$(cat "$g/job_id" 2>/dev/null)"; '
+            'j=$(cat "$g/job_id" 2>/dev/null); echo "job:$j"; '
+            '[ -z "$j" ] || echo "state:$(squeue -h -j "$j" -o %T 2>/dev/null | head -n 1)"; '
             '[ ! -e "$g/failed" ] || echo "failed:$(head -c 600 "$g/failed" | tr "\\n" " ")"; '
             '[ ! -e "$g/ended" ] || echo ended; echo "age:$(( $(date +%s) - $(stat -c %Y "$g") ))"')
 
@@ -154,6 +156,7 @@ class Generation:
     failed: str = ""
     ended: bool = False
     age: float = 0.0
+    state: str = ""  # squeue's word on the holder job ("" when squeue does not list it)
 
 
 def parse_generation(stdout: str) -> Generation:
@@ -163,12 +166,12 @@ def parse_generation(stdout: str) -> Generation:
         if line.strip() == "ended":
             ended = True
         key, sep, value = line.partition(":")
-        if sep and key in ("gen", "job", "failed", "age"):
+        if sep and key in ("gen", "job", "failed", "age", "state"):
             values[key] = value.strip()
     gen = values.get("gen", "-")
     age = values.get("age", "0")
     return Generation(int(gen) if gen.isdigit() else None, values.get("job", ""), values.get("failed", ""), ended,
-                      float(age) if age.lstrip("-").isdigit() else 0.0)
+                      float(age) if age.lstrip("-").isdigit() else 0.0, values.get("state", "").split(" ")[0])
 
 
 def submit_holder_command(folder: str) -> str:
