@@ -37,7 +37,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_slurm import ComputeResource, SlurmAllocation, SlurmQueueConfig, SlurmResource, SSHConnectionResource
+from dagster_slurm import (
+    ComputeResource,
+    SlurmAllocation,
+    SlurmQueueConfig,
+    SlurmResource,
+    SSHConnectionResource,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -162,8 +168,9 @@ def main() -> None:
     load_cluster_env()
     import tempfile
 
-    from dagster_slurm.agent import transport_for
     from remote_env import make_pipes_env
+
+    from dagster_slurm.agent import transport_for
 
     transport = transport_for(SSHConnectionResource.from_env(
         known_hosts_file=os.environ["TESTCLUSTER_KNOWN_HOSTS"]).settings())

@@ -9,7 +9,13 @@ from dagster_slurm.compute.launchers import (
     TorchrunLauncher,
 )
 from dagster_slurm.compute.resource import ComputeResource
-from dagster_slurm.config import SlurmAllocation, SlurmQueueConfig, SlurmResource, SlurmRunConfig, SSHConnectionResource
+from dagster_slurm.config import (
+    SlurmAllocation,
+    SlurmQueueConfig,
+    SlurmResource,
+    SlurmRunConfig,
+    SSHConnectionResource,
+)
 from dagster_slurm.errors import (
     ConfigurationError,
     DagsterSlurmError,

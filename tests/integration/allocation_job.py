@@ -15,7 +15,13 @@ import sys
 
 import dagster as dg
 
-from dagster_slurm import ComputeResource, SlurmAllocation, SlurmQueueConfig, SlurmResource, SSHConnectionResource
+from dagster_slurm import (
+    ComputeResource,
+    SlurmAllocation,
+    SlurmQueueConfig,
+    SlurmResource,
+    SSHConnectionResource,
+)
 
 PREFIX = os.environ["TEST_ASSET"]
 N = int(os.environ.get("TEST_N", "3"))

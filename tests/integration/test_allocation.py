@@ -14,9 +14,9 @@ import uuid
 
 import dagster as dg
 import pytest
-from tests.integration.test_lifecycle import SLEEPS, Orchestrator
 
 from dagster_slurm import ComputeResource, SlurmAllocation
+from tests.integration.test_lifecycle import SLEEPS, Orchestrator
 
 pytestmark = pytest.mark.cluster
 

@@ -9,11 +9,11 @@ import pytest
 
 from dagster_slurm.config.allocation import SlurmAllocation
 from dagster_slurm.errors import ConfigurationError
+from dagster_slurm.pipes.waiting import cancel_command
 from dagster_slurm.slurm import allocation as alloc
 from dagster_slurm.slurm.ledger import parse_state, state_command
 from dagster_slurm.slurm.parse import JOB_ID, parse_sacct
 from dagster_slurm.slurm.watcher import JobHandle, JobWatcher
-from dagster_slurm.pipes.waiting import cancel_command
 from tests.recorded_transport import RecordedTransport
 from tests.unit.test_release_outputs import RELEASES, ids_of, out
 
@@ -150,7 +150,7 @@ def test_the_watcher_follows_a_step_by_its_allocation_and_squeue_steps(release):
         f"squeue -h -t all -o '%i|%T|%r|%S' -j {job}", f"squeue -h -s -j {job} -o '%i'"]  # one job asked, once
     assert running.state == "RUNNING" and not running.done.is_set()
     assert ended.done.is_set() and ended.final.state == "COMPLETED" and ended.final.job_id == f"{job}.1"
-    assert f"sacct -P -n -o" in transport.commands[-1] and transport.commands[-1].endswith(f"-j {job}.1")
+    assert "sacct -P -n -o" in transport.commands[-1] and transport.commands[-1].endswith(f"-j {job}.1")
     running.mark_exited(0)  # its exit file appeared: finished at once, whatever squeue still lists
     watcher.tick([running])
     assert running.done.is_set() and running.final.state == "COMPLETED"

@@ -31,8 +31,8 @@ from dagster_slurm.config.slurm import DEFAULT_REMOTE_BASE, SlurmResource
 from dagster_slurm.config.strict import reject_unknown
 from dagster_slurm.errors import ConfigurationError, DagsterSlurmError, RemoteFileError
 from dagster_slurm.packaging.packer import RemoteLayout
-from dagster_slurm.pipes.array_client import SlurmArrayClient
 from dagster_slurm.pipes.allocation import AllocationRequest
+from dagster_slurm.pipes.array_client import SlurmArrayClient
 from dagster_slurm.pipes.client import SlurmJobRequest, SlurmPipesClient
 from dagster_slurm.pipes.tasks import ArrayInvocation, Kind, step_partition_keys
 from dagster_slurm.slurm.allocation import allocation_key, holder_directives, step_options, step_seconds

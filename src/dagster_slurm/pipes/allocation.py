@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from dagster_slurm.errors import ConfigurationError, DagsterSlurmError, RemoteFileError, SlurmJobError, SSHConnectionError
+from dagster_slurm.errors import (
+    ConfigurationError,
+    DagsterSlurmError,
+    RemoteFileError,
+    SlurmJobError,
+    SSHConnectionError,
+)
+from dagster_slurm.pipes.attempts import DROP_TIMEOUT
 from dagster_slurm.slurm.allocation import (
     ALLOCATION_ENDED,
     DROP_REFUSED,
@@ -29,8 +36,14 @@ from dagster_slurm.slurm.allocation import (
     step_probe_command,
     submit_holder_command,
 )
-from dagster_slurm.pipes.attempts import DROP_TIMEOUT
-from dagster_slurm.slurm.ledger import GUARD_TAKEN, LEDGER, SlurmUnavailable, ledger_line, parse_state, state_command
+from dagster_slurm.slurm.ledger import (
+    GUARD_TAKEN,
+    LEDGER,
+    SlurmUnavailable,
+    ledger_line,
+    parse_state,
+    state_command,
+)
 from dagster_slurm.slurm.parse import TERMINAL_STATES
 from dagster_slurm.transport.base import Transport
 

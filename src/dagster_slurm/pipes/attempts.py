@@ -23,6 +23,7 @@ from dagster_slurm.errors import (
     SSHConnectionError,
     tail,
 )
+from dagster_slurm.slurm.allocation import is_step, parse_step_probe, step_probe_command
 from dagster_slurm.slurm.ledger import (
     CLOSED,
     GUARD_TAKEN,
@@ -43,7 +44,6 @@ from dagster_slurm.slurm.ledger import (
     submit_command,
     unread_estimate,
 )
-from dagster_slurm.slurm.allocation import is_step, parse_step_probe, step_probe_command
 from dagster_slurm.slurm.parse import is_transient_sbatch_error, submit_limit_hint
 from dagster_slurm.slurm.script import attempt_from_script
 from dagster_slurm.transport.base import Transport
