@@ -126,3 +126,10 @@ def test_no_preview_warning_about_writer_counts():
         _run_range(_range_asset(), 2)
     assert result.success
     assert not [w for w in caught if "expected_writer_count" in str(w.message)]
+
+
+@pytest.mark.parametrize("allocation", [True, {"cpus": 2, "scope": "named", "name": "nightly"}])
+def test_local_mode_runs_an_asset_that_asks_for_an_allocation_unchanged(allocation):
+    result, logs = _run(_asset(PAYLOADS / "report.py", extras={"foo": 1}, allocation=allocation))
+    assert result.success, logs[-5:]
+    assert result.asset_materializations_for_node("local_asset")[0].metadata["foo"].value == 1

@@ -316,7 +316,6 @@ class ComputeResource(dg.ConfigurableResource):
         )
         payload = os.fspath(payload_path)
         extra_env = check_env_names(extra_env or {})
-        shared = self._allocation(allocation, metadata) if kind is None else None
         if self.mode == "local":
             extra_file_uploads([*(self.default_extra_files or []), *(extra_files or [])])  # the same checks
             local = self._local_payload(payload)
@@ -326,6 +325,8 @@ class ComputeResource(dg.ConfigurableResource):
             return run_local(context, launcher.command(local, local=True), extra_env, extras)
 
         slurm = self._slurm()
+        # local mode runs the same assets unchanged: allocation settings count in slurm mode only
+        shared = self._allocation(allocation, metadata) if kind is None else None
         transport = hold_transport(slurm.ssh.settings(), self)
         watcher = watcher_for(transport, slurm.poll_interval_min, slurm.poll_interval_max)
         base = ensure_base(transport, slurm.remote_base or DEFAULT_REMOTE_BASE)
