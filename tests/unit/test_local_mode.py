@@ -130,6 +130,6 @@ def test_no_preview_warning_about_writer_counts():
 
 @pytest.mark.parametrize("allocation", [True, {"cpus": 2, "scope": "named", "name": "nightly"}])
 def test_local_mode_runs_an_asset_that_asks_for_an_allocation_unchanged(allocation):
-    result, logs = _run(_asset(PAYLOADS / "report.py", extras={"foo": 1}, allocation=allocation))
+    result, logs = _run(_asset(PAYLOADS / "report.py", extras={"foo": 1}, check=True, allocation=allocation))
     assert result.success, logs[-5:]
     assert result.asset_materializations_for_node("local_asset")[0].metadata["foo"].value == 1
