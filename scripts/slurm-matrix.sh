@@ -274,8 +274,9 @@ main() {
             local py; py=$(chroot "$CACHE/$(codename_of "$r")" python3 -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
             if ! ls /opt/wheels/torch-*+cpu-"$py"-* >/dev/null 2>&1; then
                 log "$r: no CPU torch wheel for $py on this machine: deselecting the torchrun test"
-                pytest_args+=(--deselect tests/integration/test_multinode.py::test_torchrun_all_reduce_over_two_nodes)
-                notes+=("$r: torchrun test deselected (no CPU torch wheel for $py here)")
+                pytest_args+=(--deselect tests/integration/test_multinode.py::test_torchrun_all_reduce_over_two_nodes
+                              --deselect tests/integration/test_multinode.py::test_torchrun_all_reduce_in_a_shared_allocation)
+                notes+=("$r: torchrun tests deselected (no CPU torch wheel for $py here)")
             fi
         fi
         log "$r: running ${pytest_args[*]} (log: $LOGS/test-$r.log)"

@@ -138,3 +138,68 @@ def _terminate_and_check(o, first, transport):
         time.sleep(0.3)
     assert o.jobs(transport) == [(job_id, o.jobs(transport)[-1][1])] and \
         o.jobs(transport)[-1][1].startswith("CANCELLED"), (o.jobs(transport), out[-3000:])
+
+
+def _allocation_steps(transport, job_id: str) -> list[tuple[str, str, str]]:
+    """sacct's lines of an allocation: (JobID, JobName, NodeList)."""
+    out = transport.run(f"sacct -n -P -j {job_id} -o JobID,JobName,NodeList", retry=True).stdout
+    return [tuple(line.split("|")) for line in out.splitlines() if line.count("|") == 2]  # type: ignore[misc]
+
+
+def _in_allocation(name: str, payload: str, launcher, nodes: int, mem: str, **extras):
+    @dg.asset(name=name)
+    def step(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(context=context, payload_path=os.path.join(PAYLOADS, payload), launcher=launcher,
+                           resource_requirements={"num_nodes": nodes, "mem": mem}, extras=extras).get_results()
+
+    return step
+
+
+def test_srun_and_ray_steps_run_across_the_nodes_of_one_shared_allocation(slurm, ray_env, transport, capfd):
+    """Multi-node launchers in a shared allocation: each asset is one step over its nodes, whose ranks (srun)
+    or Ray nodes overlap the step's own resources; no job of their own, and no step left behind."""
+    from dagster_slurm import SlurmAllocation
+
+    allocation = SlurmAllocation(num_nodes=3, cpus=1, mem="3G", time_limit="00:15:00", partition="multinode")
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=ray_env, allocation=allocation)
+    assets = [_in_allocation("ranks_in_alloc", "ranks.py", SrunLauncher(), 3, "1G", tag="a3"),
+              _in_allocation("ray_in_alloc", "ray_nodes.py",
+                             RayLauncher(ray_start_args=["--object-store-memory=100000000"]), 3, "2G")]
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(assets, resources={"compute": compute}, raise_on_error=False, instance=instance)
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert result.success, messages[-30:]
+    ranks = result.asset_materializations_for_node("ranks_in_alloc")[0].metadata
+    ray = result.asset_materializations_for_node("ray_in_alloc")[0].metadata
+    assert ranks["ranks"].value == ["n1:a3", "n2:a3", "n3:a3"] and ranks["world_size"].value == 3
+    assert (ray["ray_nodes"].value, ray["task_nodes"].value) == (3, ["n1", "n2", "n3"])
+    job = ranks["slurm_allocation_id"].value
+    assert ray["slurm_allocation_id"].value == job
+    own = {ranks["slurm_job_id"].value, ray["slurm_job_id"].value}  # each asset: one step of the allocation
+    assert len(own) == 2 and all(s.split(".")[0] == job and s.split(".")[1].isdigit() for s in own), own
+    lines = _allocation_steps(transport, job)
+    assert all(jid.split(".")[0] == job for jid, _, _ in lines)
+    mine = {jid: nodes for jid, name, nodes in lines if "." in jid and name.startswith("dagster-")}
+    assert mine == {s: "n[1-3]" for s in own}, lines  # each asset's step spans its 3 nodes, and no other
+    assert any(name.startswith("ray-") for _, name, _ in lines)  # Ray's nodes: steps of the same allocation
+    out, err = capfd.readouterr()
+    assert "[rank 2@n3] rank 2 of 3 on n3" in out and "[ray] cluster of 3 node(s)" in err
+    # the Ray steps went with their asset's step: nothing of the allocation runs but its holder
+    wait = time.monotonic() + 30
+    while (left := [s for s in transport.run(f"squeue -h -s -j {job} -o %i || true").stdout.split()
+                    if not s.endswith((".batch", ".extern"))]):
+        assert time.monotonic() < wait, left
+        time.sleep(0.5)
+
+
+def test_torchrun_all_reduce_in_a_shared_allocation(slurm, torch_env):
+    from dagster_slurm import SlurmAllocation
+
+    allocation = SlurmAllocation(num_nodes=2, cpus=1, mem="3G", time_limit="00:15:00", partition="multinode")
+    compute = ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=torch_env, allocation=allocation)
+    asset = _in_allocation("torch_in_alloc", "allreduce.py", TorchrunLauncher(nproc_per_node=2), 2, "3G")
+    result, messages = _materialize(asset, compute)
+    assert result.success, messages[-20:]
+    meta = result.asset_materializations_for_node("torch_in_alloc")[0].metadata
+    assert (meta["world_size"].value, meta["rank_sum"].value) == (4, 6.0)
+    assert meta["slurm_job_id"].value.startswith(f"{meta['slurm_allocation_id'].value}.")  # a step of it

@@ -48,6 +48,22 @@ def test_a_step_gets_its_own_cpus_mem_and_time_and_a_fair_share_of_memory():
     assert alloc.step_seconds({"time": "1-00:00:00"}) == 86400 and alloc.step_seconds({}) == 0
 
 
+def test_a_multi_rank_step_holds_its_ranks_cpus_and_its_srun_calls_overlap_it_on_its_nodes():
+    wide = SlurmAllocation(num_nodes=3, cpus=4, mem="8G", time_limit="01:00:00").model_dump()
+    options = alloc.step_options({"nodes": "2", "ntasks-per-node": "2", "cpus-per-task": "2"}, wide)
+    assert options == ["--nodes=2", "--ntasks=4", "--ntasks-per-node=2", "--cpus-per-task=2", "--mem=8192M"]
+    env = alloc.step_environment(options)
+    bash_parses(env)
+    assert 'SLURM_JOB_NODELIST="$SLURM_STEP_NODELIST"' in env and "SLURM_OVERLAP=1" in env
+    assert "export SLURM_MEM_PER_NODE=8192" in env and "unset SLURM_MEM_PER_NODE SLURM_MEM_PER_CPU" in env
+    assert "SLURM_MEM_PER_CPU=512" in alloc.step_environment(["--nodes=1", "--mem-per-cpu=512M"])
+    with pytest.raises(ConfigurationError, match=r"1 node\(s\) x 3 task\(s\) x 2 CPU\(s\)"):
+        alloc.step_options({"ntasks-per-node": "3", "cpus-per-task": "2"}, wide)  # 6 CPUs on a node of 4
+    # the holder runs job.sh on rank 0 only; the other tasks wait for it (a step of many tasks)
+    holder = alloc.render_holder(folder="/f", job_name="j", directives={"time": "1:00:00"}, idle_timeout=5)
+    assert "--kill-on-bad-exit=1" in holder and 'until [ -e step_done ]' in holder and ". ./step.env" in holder
+
+
 @pytest.mark.parametrize("directives, words", [
     ({"cpus-per-task": "8"}, "more than its allocation has"),
     ({"nodes": "2"}, "more than its allocation has"),

@@ -73,8 +73,10 @@ exec "$@" > >(exec sed -u "s/^/[$where] /") 2> >(exec sed -u "s/^/[$where] /" >&
 """
 
 # srun in the allocation; --cpus-per-task is passed on explicitly (srun of Slurm 22.05 no longer
-# inherits it from sbatch). A rank that fails ends the others (--kill-on-bad-exit).
-_SRUN = r"""exec srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} "$@"
+# inherits it from sbatch). A rank that fails ends the others (--kill-on-bad-exit). In a step of a shared
+# allocation the ranks run on the step's own nodes (DAGSTER_SLURM_STEP_NODES, see slurm/allocation.py).
+_SRUN = r"""exec srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \
+  ${DAGSTER_SLURM_STEP_NODES:+--nodelist=$DAGSTER_SLURM_STEP_NODES} "$@"
 """
 
 # One torchrun per node; the rendezvous (c10d) on the allocation's first node, at the address Slurm
@@ -88,7 +90,7 @@ if [ -z "$port" ]; then
 fi
 echo "[torchrun] rendezvous at ${addr:-$head}:$port on $SLURM_JOB_NUM_NODES node(s), $nproc process(es) each" >&2
 exec srun --kill-on-bad-exit=1 --ntasks-per-node=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \
-  "$torchrun" --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node="$nproc" --rdzv-backend=c10d \
+  ${DAGSTER_SLURM_STEP_NODES:+--nodelist=$DAGSTER_SLURM_STEP_NODES} "$torchrun" --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node="$nproc" --rdzv-backend=c10d \
   --rdzv-endpoint="${addr:-$head}:$port" --rdzv-id="$SLURM_JOB_ID" --no-python "$@"
 """
 
@@ -96,7 +98,8 @@ exec srun --kill-on-bad-exit=1 --ntasks-per-node=1 ${SLURM_CPUS_PER_TASK:+--cpus
 # A Ray cluster on the allocation: the head on the first node (the batch host), a worker on each other node
 # (one srun step each), every node with its own free ports (nodes may share a host) and, when Slurm knows
 # the node by an IP address, that address. The payload runs on the head with RAY_ADDRESS set once every node
-# has joined (bounded); whatever happens, the Ray steps are killed when the script leaves.
+# has joined (bounded); whatever happens, the Ray steps (named $tag: only its own, in a shared allocation)
+# are killed when the script leaves.
 _RAY = r"""set -u
 ray=$1 bound=$2 more=$3; shift 3
 node_ip() { scontrol show node "$1" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n 1; }
@@ -106,6 +109,8 @@ for s in socks: s.bind(("", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"; }
 export -f node_ip free_ports
 head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+others=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | tail -n +2 | paste -sd, -)
+tag=ray-$SLURM_JOB_ID.${SLURM_STEP_ID:-batch}
 head_host=$(hostname)
 export ray more head_host
 nnodes=$SLURM_JOB_NUM_NODES
@@ -122,7 +127,7 @@ exec "$ray" start --block --disable-usage-stats "${opt[@]}" --num-cpus="${SLURM_
   --dashboard-agent-listen-port="$4" --dashboard-agent-grpc-port="$5" --runtime-env-agent-port="$6" \
   --min-worker-port="$low" --max-worker-port="$((low + 999))" $more "${extra[@]}" 2>&1 | sed -u "s/^/[ray $SLURMD_NODENAME] /" >&2'
 cleanup() {
-  for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i 2>/dev/null | grep -vE '[.](batch|extern)$'); do
+  for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' 2>/dev/null | awk -v t="$tag" '$2 == t {print $1}'); do
     scancel -Q -s KILL "$step" 2>/dev/null
   done
 }
@@ -130,7 +135,7 @@ trap cleanup EXIT
 fail() { echo "dagster-slurm: $*" >&2; exit 1; }
 joined() { "$ray" status --address="$gcs" 2>/dev/null | grep -cE '^ *1 node_'; }
 t0=$SECONDS
-srun --nodes=1 --ntasks=1 -w "$head" bash -c "$node" ray-head --head --port="${gcs##*:}" --include-dashboard=false &
+srun --job-name="$tag" --nodes=1 --ntasks=1 -w "$head" bash -c "$node" ray-head --head --port="${gcs##*:}" --include-dashboard=false &
 pids=$!
 wait_for() {  # wait_for N: until N nodes have joined, or fail saying why
   while [ "$(joined)" -lt "$1" ]; do
@@ -141,7 +146,7 @@ wait_for() {  # wait_for N: until N nodes have joined, or fail saying why
 }
 wait_for 1
 if [ "$nnodes" -gt 1 ]; then
-  srun --nodes=$((nnodes - 1)) --ntasks=$((nnodes - 1)) --ntasks-per-node=1 --exclude="$head" \
+  srun --job-name="$tag" --nodes=$((nnodes - 1)) --ntasks=$((nnodes - 1)) --ntasks-per-node=1 -w "$others" \
     bash -c "$node" ray-worker --address="$gcs" &
   pids="$pids $!"
 fi
@@ -247,6 +252,3 @@ class RayLauncher(Launcher):
         return ["bash", "-c", _RAY, "dagster-slurm-ray", self.ray, str(int(self.start_timeout)),
                 " ".join(shlex.quote(a) for a in self.ray_start_args), self.python, payload, *self.args]
 
-
-# launchers that start srun steps of their own across the job's nodes: not (yet) inside a shared allocation
-MULTI_NODE_LAUNCHERS = (SrunLauncher, TorchrunLauncher, RayLauncher)

@@ -18,7 +18,7 @@ from dagster_slurm.agent import hold_transport, release_transport, watcher_for
 from dagster_slurm.compute.context import AnyContext, asset_metadata, op_context
 from dagster_slurm.compute.environment import PackSettings, resolve_environment
 from dagster_slurm.compute.identity import fingerprint, step_call
-from dagster_slurm.compute.launchers import MULTI_NODE_LAUNCHERS, BashLauncher, Launcher
+from dagster_slurm.compute.launchers import BashLauncher, Launcher
 from dagster_slurm.compute.local import run_local
 from dagster_slurm.compute.local_array import run_local_tasks
 from dagster_slurm.compute.options import RunOptions, resolve_run_options
@@ -411,11 +411,6 @@ class ComputeResource(dg.ConfigurableResource):
                             root_run_id: str, directives: Mapping[str, str], overrides: Mapping[str, Any],
                             context) -> tuple[AllocationRequest, dict[str, str]]:
         """The allocation's request, and the step's own directives (what its accounting is read against)."""
-        if isinstance(launcher, MULTI_NODE_LAUNCHERS):
-            raise ConfigurationError(
-                f"{type(launcher).__name__} cannot run as a step of a shared allocation yet (it starts its own "
-                "srun steps across the job's nodes). Run this asset as a job of its own: slurm_allocation=False "
-                "metadata, or compute.run(..., allocation=False).")
         settings = shared.model_dump()
         own_time = queue_directives({}, {k: v for k, v in overrides.items() if k in ("time_limit", "time")}).get("time")
         step = {**directives, **({"time": own_time} if own_time else {})}

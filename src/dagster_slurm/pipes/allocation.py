@@ -33,6 +33,7 @@ from dagster_slurm.slurm.allocation import (
     parse_generation,
     parse_step_probe,
     render_holder,
+    step_environment,
     step_probe_command,
     submit_holder_command,
 )
@@ -150,6 +151,7 @@ def drop_files(*, held: Held, request: AllocationRequest, run_dir: str, name: st
     if lease_dir:
         script += f"touch {shlex.quote(lease_dir)}/{held.job_id} 2>/dev/null; true\n"
     return [(f"{run_dir}/step.opts", "".join(f"{o}\n" for o in request.step_options).encode(), 0o600),
+            (f"{run_dir}/step.env", step_environment(request.step_options).encode(), 0o600),
             (f"{run_dir}/drop.sh", script.encode(), 0o600)]
 
 

@@ -15,7 +15,8 @@ Layout, under ``{base}/allocations/{key}/`` (``key``: the allocation's name, or 
     g/ended          the holder's last act: "<epoch> <why>". The inbox is renamed away first, so a request
                      either lands before (and is served) or fails (and goes to the next generation)
 
-The step's run folder gets ``step.opts`` (srun options, one per line), ``step_id`` (``<job>.<step>``, written
+The step's run folder gets ``step.opts`` (srun options, one per line), ``step.env`` (see
+:func:`step_environment`), ``step_done`` (a step of many tasks: its rank 0 is done), ``step_id`` (``<job>.<step>``, written
 by the step itself as its first act), ``launch.log`` (srun's own messages) and ``launch_failed`` (srun's
 status, when the step could not be created).
 """
@@ -26,7 +27,7 @@ import hashlib
 import json
 import math
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dagster_slurm.errors import ConfigurationError
@@ -86,6 +87,14 @@ def render_holder(*, folder: str, job_name: str, directives: Mapping[str, str], 
 # Runs in the allocation's batch step. `running` maps srun's pid to the step's name and run folder.
 _HOLDER_BODY = r"""set -u
 idle=@IDLE@ served=0 last=$SECONDS
+# Each task of a step: rank 0 runs job.sh; the other tasks hold the step's share of its other nodes until
+# rank 0 is done (the job script's own srun calls, a launcher's ranks, overlap them: step.env).
+STEP='if [ "${SLURM_PROCID:-0}" != 0 ]; then until [ -e step_done ]; do sleep 0.5; done; exit 0; fi
+[ ! -e cancelled ] || exit 130
+printf "%s\n" "$SLURM_JOB_ID.$SLURM_STEP_ID" > step_id.tmp && mv -f step_id.tmp step_id
+[ ! -e step.env ] || . ./step.env
+[ "${SLURM_STEP_NUM_TASKS:-1}" -gt 1 ] || exec bash job.sh
+bash job.sh; rc=$?; : > step_done; exit $rc'
 declare -A running=()
 now() { date +%s; }
 s=$(now); echo "$s" > started.tmp && mv -f started.tmp started
@@ -99,10 +108,8 @@ launch() {
   [ ! -e "$run/cancelled" ] || return 0
   local opts=()
   mapfile -t opts < "$run/step.opts"
-  srun --exact "${opts[@]}" --job-name="$name" --output="$run/stdout.log" --error="$run/stderr.log" \
-    --chdir="$run" bash -c '[ ! -e cancelled ] || exit 130
-printf "%s\n" "$SLURM_JOB_ID.$SLURM_STEP_ID" > step_id.tmp && mv -f step_id.tmp step_id
-exec bash job.sh' 2> "$run/launch.log" &
+  srun --exact --kill-on-bad-exit=1 "${opts[@]}" --job-name="$name" --output="$run/stdout.log" \
+    --error="$run/stderr.log" --chdir="$run" bash -c "$STEP" 2> "$run/launch.log" &
   running[$!]=$run
   served=$((served + 1))
 }
@@ -190,15 +197,19 @@ def step_options(directives: Mapping[str, str], settings: Mapping[str, object]) 
     its share of the allocation's memory by its cpus (else srun would give it all, and steps could not
     run side by side)."""
     nodes = int(directives.get("nodes", "1") or 1)
-    cpus = int(directives.get("cpus-per-task", "1") or 1)
+    per_task = int(directives.get("cpus-per-task", "1") or 1)
+    tasks = int(directives.get("ntasks-per-node", "1") or 1)  # a launcher's ranks per node (SrunLauncher)
+    cpus = per_task * tasks  # what the step holds per node
     alloc_nodes, alloc_cpus = int(settings["num_nodes"]), int(settings["cpus"])  # type: ignore[call-overload]
     if nodes > alloc_nodes or cpus > alloc_cpus:
+        shape = f"{cpus} CPU(s)" if tasks == 1 else f"{tasks} task(s) x {per_task} CPU(s)"
         raise ConfigurationError(
-            f"This step asks for {nodes} node(s) x {cpus} CPU(s), more than its allocation has "
+            f"This step asks for {nodes} node(s) x {shape}, more than its allocation has "
             f"(SlurmAllocation num_nodes={alloc_nodes}, cpus={alloc_cpus}): it could never start there. Raise "
             "the allocation's, lower the asset's (resource_requirements / SlurmQueueConfig), or run this asset "
             "outside the allocation (slurm_allocation=False metadata).")
-    options = [f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}"]
+    options = [f"--nodes={nodes}", f"--ntasks={nodes * tasks}", f"--ntasks-per-node={tasks}",
+               f"--cpus-per-task={per_task}"]
     alloc_mem = parse_mem_request(str(settings.get("mem") or ""))
     mem = directives.get("mem")
     if mem:
@@ -223,6 +234,23 @@ def step_options(directives: Mapping[str, str], settings: Mapping[str, object]) 
     if directives.get("gpus-per-node"):
         options.append(f"--gpus-per-node={directives['gpus-per-node']}")
     return options
+
+
+def step_environment(options: Sequence[str]) -> str:
+    """``step.env``, sourced by the step's rank 0 before its job script: to the payload and its launcher the
+    step looks like a job of its own shape (``SLURM_JOB_NODELIST``/``SLURM_JOB_NUM_NODES`` are the step's), and
+    the srun calls made inside it (a launcher's ranks, Ray's nodes) share the step's own resources: they
+    overlap it (``SLURM_OVERLAP``), with its memory, on its nodes (``DAGSTER_SLURM_STEP_NODES``)."""
+    lines = ['export SLURM_JOB_NODELIST="$SLURM_STEP_NODELIST" SLURM_NODELIST="$SLURM_STEP_NODELIST"',
+             'export SLURM_JOB_NUM_NODES="$SLURM_STEP_NUM_NODES" SLURM_NNODES="$SLURM_STEP_NUM_NODES"',
+             'export SLURM_OVERLAP=1 DAGSTER_SLURM_STEP_NODES="$SLURM_STEP_NODELIST"']
+    for option in options:
+        key, _, value = option.partition("=")
+        if key in ("--mem", "--mem-per-cpu"):
+            name = "SLURM_MEM_PER_NODE" if key == "--mem" else "SLURM_MEM_PER_CPU"
+            mb = max(1, (parse_mem_request(value) or 0) // (1 << 20))
+            lines.append(f"unset SLURM_MEM_PER_NODE SLURM_MEM_PER_CPU SLURM_MEM_PER_GPU; export {name}={mb}")
+    return "\n".join(lines) + "\n"
 
 
 def step_seconds(directives: Mapping[str, str]) -> int:
