@@ -1,7 +1,7 @@
 """Scale benchmark: many assets, many processes, many runs against one login node, with the connection agent.
 
     .venv/bin/python bench/agent_scale.py [--assets 100] [--partitions 50] [--parallel-runs 8] [--storm 100]
-                                          [--variants floor,mp2,mp16,inproc,partitions,storm,storm_direct]
+                                          [--variants floor,mp2,mp16,inproc,slurm8,slurm16,slurm8_alloc,partitions,storm,storm_direct]
 
 Every variant logs in to a measuring sshd this benchmark starts on 127.0.0.1:2224 (the test cluster's sshd
 settings with ``LogLevel VERBOSE`` and OpenSSH's default ``MaxStartups 10:30:100``), so logins are counted
@@ -11,6 +11,9 @@ by the server. Each variant gets a fresh agent folder (its agent starts, and log
   are gone: the cluster's own rate, measured in the same invocation.
 - mp2 / mp16 / inproc: ``--assets`` trivial assets in one Dagster run (multiprocess executor with
   max_concurrent 2 or 16, or the in_process executor), real DagsterInstance.
+- slurm8 / slurm16 (/ _alloc): the same run with ``dagster_slurm.slurm_executor(8 or 16)`` (multiprocess,
+  step processes forked from a forkserver that preloaded Dagster and dagster-slurm); ``_alloc``: every asset
+  a step of one run-scoped allocation of the node's 2 CPUs; ``inproc_alloc``: the in_process executor so.
 - partitions: ``--partitions`` daily partitions as that many ``dagster asset materialize`` runs,
   ``--parallel-runs`` at a time.
 - storm / storm_direct: ``--storm`` processes start at once and each runs one remote command, through the
@@ -134,11 +137,11 @@ def run_floor(n: int, env: dict) -> dict:
     return {"jobs": n, "failures": 0}
 
 
-def run_multi(n: int, env: dict, executor: str, concurrency: int, tmp: Path) -> dict:
+def run_multi(n: int, env: dict, executor: str, concurrency: int, tmp: Path, alloc_cpus: int = 0) -> dict:
     home = Path(tempfile.mkdtemp(dir=tmp))
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     job_env = {**env, "DAGSTER_HOME": str(home), "TEST_ASSETS": str(n), "TEST_CONCURRENCY": str(concurrency),
-               "TEST_EXECUTOR": executor}
+               "TEST_EXECUTOR": executor, "TEST_ALLOCATION_CPUS": str(alloc_cpus)}
     out = subprocess.run([sys.executable, str(MULTI_JOB)], env=job_env, capture_output=True, text=True)
     ok = out.stdout.strip().endswith("SUCCESS")
     startup = [line for line in out.stdout.splitlines() if line.startswith("STEP_PROCESS_STARTUP")]
@@ -230,6 +233,12 @@ def main() -> None:
                 rec = run_floor(args.assets, env)
             elif variant in ("mp2", "mp16"):
                 rec = run_multi(args.assets, env, "multiprocess", 2 if variant == "mp2" else 16, tmp)
+            elif variant in ("slurm8", "slurm16"):
+                rec = run_multi(args.assets, env, "slurm", int(variant[5:]), tmp)
+            elif variant in ("slurm8_alloc", "slurm16_alloc"):  # the same, every asset a step of one allocation
+                rec = run_multi(args.assets, env, "slurm", int(variant[5:].split("_")[0]), tmp, alloc_cpus=2)
+            elif variant == "inproc_alloc":
+                rec = run_multi(args.assets, env, "in_process", 1, tmp, alloc_cpus=2)
             elif variant == "inproc":
                 rec = run_multi(args.assets, env, "in_process", 1, tmp)
             elif variant == "partitions":

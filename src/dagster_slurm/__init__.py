@@ -1,6 +1,7 @@
 """dagster-slurm: run Dagster assets unchanged on a laptop or as Slurm jobs on an HPC cluster over SSH."""
 
 from dagster_slurm.compute.badge import SLURM_KIND, slurm_asset
+from dagster_slurm.compute.executor import slurm_executor
 from dagster_slurm.compute.launchers import (
     BashLauncher,
     Launcher,
@@ -43,4 +44,5 @@ __all__ = [
     "SrunLauncher",
     "TorchrunLauncher",
     "slurm_asset",
+    "slurm_executor",
 ]

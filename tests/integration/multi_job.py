@@ -2,7 +2,8 @@
 (DAGSTER_HOME) and the multiprocess executor (a process per step), on the test cluster.
 
 Usage: python multi_job.py
-Environment: DAGSTER_HOME, TEST_ASSETS (count), TEST_CONCURRENCY, TEST_PAYLOAD, TEST_REMOTE_BASE, TEST_ENV,
+Environment: DAGSTER_HOME, TEST_ASSETS (count), TEST_CONCURRENCY, TEST_EXECUTOR (multiprocess | slurm |
+in_process), TEST_ALLOCATION_CPUS (> 0: in a run-scoped allocation of that many CPUs), TEST_PAYLOAD, TEST_REMOTE_BASE, TEST_ENV,
 the cluster's SLURM_EDGE_NODE_* settings (port, share_connection, ...) and TESTCLUSTER_KNOWN_HOSTS.
 Prints "SUCCESS" or "FAILURE" at the end.
 """
@@ -11,7 +12,14 @@ import os
 
 import dagster as dg
 
-from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource, SSHConnectionResource
+from dagster_slurm import (
+    ComputeResource,
+    SlurmAllocation,
+    SlurmQueueConfig,
+    SlurmResource,
+    SSHConnectionResource,
+    slurm_executor,
+)
 
 
 def _asset(i: int):
@@ -26,11 +34,16 @@ def get_job():
     ssh = SSHConnectionResource.from_env(known_hosts_file=os.environ["TESTCLUSTER_KNOWN_HOSTS"])
     slurm = SlurmResource(ssh=ssh, remote_base=os.environ["TEST_REMOTE_BASE"],
                           queue=SlurmQueueConfig(mem="64M", time_limit="00:05:00"))
-    resources = {"compute": ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=os.environ["TEST_ENV"])}
+    cpus = int(os.environ.get("TEST_ALLOCATION_CPUS", "0"))  # > 0: every asset a step of one run allocation
+    allocation = SlurmAllocation(num_nodes=1, cpus=cpus, mem=f"{cpus * 256}M", time_limit="00:30:00",
+                                 idle_timeout=60) if cpus else None
+    resources = {"compute": ComputeResource(mode="slurm", slurm=slurm, pre_deployed_env_path=os.environ["TEST_ENV"],
+                                            allocation=allocation)}
     assets = [_asset(i) for i in range(int(os.environ["TEST_ASSETS"]))]
-    executor = dg.multiprocess_executor.configured(
-        {"max_concurrent": int(os.environ.get("TEST_CONCURRENCY", "2"))}) \
-        if os.environ.get("TEST_EXECUTOR", "multiprocess") == "multiprocess" else dg.in_process_executor
+    concurrency = int(os.environ.get("TEST_CONCURRENCY", "2"))
+    executor = {"multiprocess": lambda: dg.multiprocess_executor.configured({"max_concurrent": concurrency}),
+                "slurm": lambda: slurm_executor(concurrency),
+                "in_process": lambda: dg.in_process_executor}[os.environ.get("TEST_EXECUTOR", "multiprocess")]()
     defs = dg.Definitions(assets=assets, jobs=[dg.define_asset_job("many", executor_def=executor)],
                           resources=resources)
     return defs.resolve_job_def("many")
