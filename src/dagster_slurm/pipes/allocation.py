@@ -256,8 +256,20 @@ def queue_wait(transport: Transport, held: Held) -> int | None:
     return max(0, int(words[1]) - int(words[0])) if len(words) == 2 and all(w.isdigit() for w in words) else None
 
 
-def allocation_state(transport: Transport, held: Held) -> str | None:
-    return _alloc_state(transport, held.job_id)
+def allocation_state(transport: Transport, held: Held, settle: float = 20.0,
+                     sleep: Callable[[float], None] = time.sleep) -> str | None:
+    """The allocation's state. Once its time limit has passed (``ends_at``, cluster clock) Slurm kills its
+    steps before squeue/sacct show the job's own end: wait up to ``settle`` s for that end (TIMEOUT)."""
+    state = _alloc_state(transport, held.job_id)
+    words = transport.run(f"cat {shlex.quote(held.folder)}/ends_at 2>/dev/null; date +%s", check=False,
+                          retry=True).stdout.split()
+    if len(words) != 2 or not all(w.isdigit() for w in words) or int(words[1]) < int(words[0]) - 2:
+        return state
+    deadline = time.monotonic() + settle
+    while (state is None or state not in TERMINAL_STATES) and time.monotonic() < deadline:
+        sleep(1.0)
+        state = _alloc_state(transport, held.job_id)
+    return state
 
 
 def leave(transport: Transport, request: AllocationRequest, user: str, held: Held, run_over: bool) -> None:
