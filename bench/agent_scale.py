@@ -1,7 +1,7 @@
 """Scale benchmark: many assets, many processes, many runs against one login node, with the connection agent.
 
     .venv/bin/python bench/agent_scale.py [--assets 100] [--partitions 50] [--parallel-runs 8] [--storm 100]
-                                          [--variants floor,mp2,mp16,inproc,slurm8,slurm16,slurm8_alloc,partitions,storm,storm_direct]
+                                          [--variants floor,mp2,mp16,inproc,slurm8,slurm16,slurm8_alloc,inproc_alloc,...]
 
 Every variant logs in to a measuring sshd this benchmark starts on 127.0.0.1:2224 (the test cluster's sshd
 settings with ``LogLevel VERBOSE`` and OpenSSH's default ``MaxStartups 10:30:100``), so logins are counted

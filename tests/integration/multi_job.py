@@ -1,11 +1,12 @@
 """Helper process: N trivial assets in one run through Dagster's public API, with a real DagsterInstance
-(DAGSTER_HOME) and the multiprocess executor (a process per step), on the test cluster.
+(DAGSTER_HOME) and the executor TEST_EXECUTOR names, on the test cluster.
 
 Usage: python multi_job.py
 Environment: DAGSTER_HOME, TEST_ASSETS (count), TEST_CONCURRENCY, TEST_EXECUTOR (multiprocess | slurm |
 in_process), TEST_ALLOCATION_CPUS (> 0: in a run-scoped allocation of that many CPUs), TEST_PAYLOAD, TEST_REMOTE_BASE, TEST_ENV,
 the cluster's SLURM_EDGE_NODE_* settings (port, share_connection, ...) and TESTCLUSTER_KNOWN_HOSTS.
-Prints "SUCCESS" or "FAILURE" at the end.
+Prints "IN_ALLOCATION <n>" (materializations of steps that ran in a shared allocation), then "SUCCESS" or
+"FAILURE".
 """
 
 import os
@@ -55,6 +56,7 @@ def main() -> None:
     # Dagster's own cost per step process: STEP_WORKER_STARTING -> STEP_START (imports, definitions, resources)
     starting: dict[str, float] = {}
     startup = []
+    in_allocation = 0  # materializations of steps that ran in a shared allocation
     for entry in instance.all_logs(result.run_id):
         event = entry.dagster_event
         if event is None:
@@ -63,8 +65,12 @@ def main() -> None:
             starting[event.step_key] = entry.timestamp
         elif event.event_type_value == "STEP_START" and event.step_key in starting:
             startup.append(entry.timestamp - starting[event.step_key])
+        elif event.event_type_value == "ASSET_MATERIALIZATION" and \
+                "slurm_allocation_id" in event.step_materialization_data.materialization.metadata:
+            in_allocation += 1
     if startup:
         print(f"STEP_PROCESS_STARTUP total={sum(startup):.2f} median={sorted(startup)[len(startup) // 2]:.2f}")
+    print(f"IN_ALLOCATION {in_allocation}")
     print("SUCCESS" if result.success else "FAILURE", flush=True)
 
 

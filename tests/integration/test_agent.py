@@ -130,16 +130,18 @@ def test_one_time_code_login_is_shared_by_later_multiprocess_runs(cluster_env, r
                            timeout=120)
     assert login.returncode == 0 and "Logged in" in login.stdout, login.stderr[-2000:]
 
-    # Two multi-step runs with a process per step: no further code, one login on the server.
+    # Two multi-step runs with a process per step: no further code, one login on the server. The second
+    # with slurm_executor (step processes forked from a preloaded forkserver), every step in one allocation.
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     job_env = {**env, "DAGSTER_HOME": str(home), "TEST_ASSETS": "3", "TEST_CONCURRENCY": "3",
                "TEST_PAYLOAD": TRIVIAL, "TEST_REMOTE_BASE": remote_base, "TEST_ENV": pipes_env}
-    for _ in range(2):
-        run = subprocess.run([sys.executable, os.path.join(HERE, "multi_job.py")], env=job_env,
+    for more, in_allocation in (({}, 0), ({"TEST_EXECUTOR": "slurm", "TEST_ALLOCATION_CPUS": "2"}, 3)):
+        run = subprocess.run([sys.executable, os.path.join(HERE, "multi_job.py")], env={**job_env, **more},
                              capture_output=True, text=True, timeout=400)
         assert run.stdout.strip().endswith("SUCCESS"), (run.stdout + run.stderr)[-4000:]
+        assert f"IN_ALLOCATION {in_allocation}\n" in run.stdout, run.stdout[-2000:]
     assert _accepted(otp_log, "Accepted keyboard-interactive/pam for slurmuser") - before == 1
 
     status = subprocess.run(CLI + ["agent", "status"], env=env, capture_output=True, text=True, timeout=60)

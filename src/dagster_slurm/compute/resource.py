@@ -354,7 +354,7 @@ class ComputeResource(dg.ConfigurableResource):
         alloc_request = None
         if shared is not None:
             alloc_request, directives = self._allocation_request(
-                shared, launcher, slurm, base, call.root_run_id, directives,
+                shared, slurm, base, call.root_run_id, directives,
                 {**(metadata.get(RESOURCES_METADATA_KEY) or {}), **(resource_requirements or {})}, context)
         request = SlurmJobRequest(
             folder=folder,
@@ -407,7 +407,7 @@ class ComputeResource(dg.ConfigurableResource):
         raise ConfigurationError(f"{where} is {choice!r}: give True, False, a SlurmAllocation or a dict of its "
                                  "fields (num_nodes, cpus, mem, time_limit, scope, name, ...).")
 
-    def _allocation_request(self, shared: SlurmAllocation, launcher: Launcher, slurm: SlurmResource, base: str,
+    def _allocation_request(self, shared: SlurmAllocation, slurm: SlurmResource, base: str,
                             root_run_id: str, directives: Mapping[str, str], overrides: Mapping[str, Any],
                             context) -> tuple[AllocationRequest, dict[str, str]]:
         """The allocation's request, and the step's own directives (what its accounting is read against)."""
