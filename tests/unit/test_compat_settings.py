@@ -12,7 +12,7 @@ from dagster_slurm.transport.base import absolute_path
 
 @pytest.mark.parametrize(("make", "name", "hint"), [
     (lambda: ComputeResource(mode="local", signal_before_timeout="TERM@60"), "signal_before_timeout", "SlurmQueueConfig setting"),
-    (lambda: SlurmQueueConfig(session="s"), "session", "own batch job"),
+    (lambda: SlurmQueueConfig(session="s"), "session", "SlurmAllocation"),
     (lambda: SSHConnectionResource(host="h", force_tty=True), "force_tty", "dagster-slurm login"),
     (lambda: SSHConnectionResource(host="h", post_login_command="module load x"), "post_login_command", "activate.sh"),
     (lambda: SlurmResource(ssh=SSHConnectionResource(host="h"), status_poll_backoff=2), "status_poll_backoff",

@@ -10,9 +10,8 @@ from dagster_slurm.errors import ConfigurationError
 # settings of the other dagster-slurm project that we do not implement -> what to do here instead
 NOT_OFFERED = {
     "signal_before_timeout": "it is a SlurmQueueConfig setting (or a resource_requirements key), e.g. 'TERM@120'",
-    "session": "no shared allocations: every step is its own batch job (or a job array for a partition range)",
-    "allocation_scope": "no shared allocations: every step is its own batch job (or a job array for a partition "
-                        "range)",
+    "session": "share one allocation between steps with ComputeResource.allocation=SlurmAllocation(...)",
+    "allocation_scope": "use ComputeResource.allocation=SlurmAllocation(scope='run') (or scope='named', name=...)",
     "pack_on_remote": "environments are packed on this machine and uploaded once (ComputeResource.packer)",
     "force_tty": "commands need no TTY here; one-time-code prompts are answered by `dagster-slurm login` or "
                  "SSHConnectionResource.otp_command",
